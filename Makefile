@@ -1,0 +1,34 @@
+# `make simulate` and `make test` each bootstrap .venv on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export FEDWARD_DATA_DIR ?= $(abspath ../shared/data)
+export HF_DATASETS_OFFLINE := 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export FLWR_TELEMETRY_ENABLED := 0
+
+.PHONY: venv simulate test test-fast clean
+
+venv: $(STAMP)
+
+# torch first, pinned to the CPU build that lies on these machines' disk; the
+# project's range (<2.15) then installs nothing more.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+simulate: $(STAMP)
+	$(BIN)/fedward simulate --task tabular --hospitals 4 --partition iid --rounds 5 --epsilon 3 --out runs/simulate-$$(date +%Y%m%d-%H%M%S)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -rs
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,64 @@
+"""Which data this hospital trains on, and its own train / held-out split.
+
+Deployment: the hospital names its data in node config (`data-path`, optionally
+`hospital`). Simulation: the engine sets `partition-id` and `num-partitions`,
+and the run's data set is split with Flower Datasets partitioners.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.config import RunConfig
+from common.data import Samples, local_split, standardize
+from common.errors import ConfigError
+from common.partition import partition_index
+from common.tasks import get_task, load_data
+
+
+@dataclass(frozen=True)
+class HospitalData:
+    name: str
+    index: int
+    train: Samples
+    test: Samples
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+def hospital_data(config: RunConfig, node_config: Mapping[str, object]) -> HospitalData:
+    if "data-path" in node_config:
+        path = str(node_config["data-path"])
+        data = load_data(config, path)
+        samples = data.train
+        index = int(node_config.get("hospital-index", 0))  # type: ignore[arg-type]
+        name = str(node_config.get("hospital", Path(path).stem))
+    elif "partition-id" in node_config:
+        data = load_data(config)
+        index = int(node_config["partition-id"])  # type: ignore[arg-type]
+        count = int(node_config["num-partitions"])  # type: ignore[arg-type]
+        part = partition_index(data.train, config.partition_spec, count, index, config.seed)
+        samples = data.train.take(part)
+        name = _partition_name(samples, index)
+    else:
+        raise ConfigError(
+            "this node has no data: start the SuperNode with --node-config "
+            "'data-path=\"/path/to/data\"'"
+        )
+    train, test = local_split(samples, config.test_fraction, config.seed)
+    if get_task(config.task).standardize:
+        train, test = standardize(train, test)
+    return HospitalData(name, index, train, test, data.num_classes, data.input_shape)
+
+
+def _partition_name(samples: Samples, index: int) -> str:
+    """A natural site's own name where the partition is one site, else hospital-N."""
+    if samples.groups is not None:
+        sites = np.unique(samples.groups)
+        if len(sites) == 1:
+            return str(sites[0])
+    return f"hospital-{index}"

@@ -1,0 +1,205 @@
+"""The run configuration: one dataclass, parsed and validated in one place.
+
+The same keys appear in `[tool.flwr.app.config]` of pyproject.toml, in
+`flwr run . --run-config "k=v"`, in the ConfigRecord the server sends with every
+message, and (as flags) in `fedward simulate`. Parsing refuses unknown keys,
+wrong types and impossible values with the key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from common.errors import ConfigError
+
+TASK_NAMES = ("tabular", "image-cnn", "sequence-rnn", "image-gan")
+STRATEGY_NAMES = (
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+)
+# Keys that Flower's strategies inject into the ConfigRecord they send.
+_INJECTED_KEYS = frozenset({"server-round", "proximal-mu"})
+
+
+@dataclass(frozen=True)
+class Partition:
+    """How one data set is split into virtual hospitals (simulation only)."""
+
+    scheme: str  # "iid" | "dirichlet" | "natural"
+    alpha: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> Partition:
+        if text in ("iid", "natural"):
+            return cls(text)
+        if text.startswith("dirichlet:"):
+            try:
+                alpha = float(text.split(":", 1)[1])
+            except ValueError:
+                alpha = -1.0
+            if alpha <= 0:
+                raise ConfigError(
+                    f"partition={text!r}: the Dirichlet alpha must be a positive "
+                    "number, e.g. dirichlet:0.5"
+                )
+            return cls("dirichlet", alpha)
+        raise ConfigError(
+            f"partition={text!r} is not known: use iid, dirichlet:ALPHA or natural"
+        )
+
+    def __str__(self) -> str:
+        return f"dirichlet:{self.alpha:g}" if self.scheme == "dirichlet" else self.scheme
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything the operator or researcher sets for one run."""
+
+    task: str = "tabular"
+    data_path: str = "builtin:breast-cancer"
+    partition: str = "iid"
+    num_server_rounds: int = 3
+    strategy: str = "fedavg"
+    dp: bool = True
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.0  # 0 = the task's default learning rate
+    proximal_mu: float = 0.01
+    server_lr: float = 0.1
+    trim_beta: float = 0.2
+    model: str = ""
+    image_size: int = 28
+    max_samples: int = 0
+    test_fraction: float = 0.25
+    class_weighting: bool = True
+    min_hospitals: int = 2
+    round_timeout: float = 600.0
+    seed: int = 42
+    out_dir: str = "runs/latest"
+
+    # ------------------------------------------------------------------ parsing
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from hyphenated keys (run config / ConfigRecord); refuse bad ones."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in _INJECTED_KEYS and key.replace("-", "_") not in fields:
+                continue
+            name = key.replace("-", "_")
+            if name not in fields:
+                known = ", ".join(sorted(k.replace("_", "-") for k in fields))
+                raise ConfigError(f"unknown setting {key!r}; known settings: {known}")
+            kwargs[name] = _coerce(key, value, fields[name].type)
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    def to_mapping(self) -> dict[str, bool | int | float | str]:
+        """Hyphenated keys, the form of run config and ConfigRecords."""
+        out: dict[str, bool | int | float | str] = {}
+        for f in dataclasses.fields(self):
+            out[f.name.replace("_", "-")] = getattr(self, f.name)
+        return out
+
+    def replace(self, **changes: Any) -> RunConfig:
+        config = dataclasses.replace(self, **changes)
+        config.validate()
+        return config
+
+    @property
+    def partition_spec(self) -> Partition:
+        return Partition.parse(self.partition)
+
+    # --------------------------------------------------------------- validation
+    def validate(self) -> None:
+        if self.task not in TASK_NAMES:
+            raise ConfigError(
+                f"task={self.task!r} is not known; choose one of {', '.join(TASK_NAMES)}"
+            )
+        if self.strategy not in STRATEGY_NAMES:
+            raise ConfigError(
+                f"strategy={self.strategy!r} is not known; choose one of "
+                f"{', '.join(STRATEGY_NAMES)}"
+            )
+        Partition.parse(self.partition)
+        _positive("num-server-rounds", self.num_server_rounds)
+        _positive("local-epochs", self.local_epochs)
+        _positive("batch-size", self.batch_size)
+        if self.lr < 0:
+            raise ConfigError(f"lr={self.lr} must be > 0 (or 0 for the task's default)")
+        _positive("server-lr", self.server_lr)
+        _positive("image-size", self.image_size)
+        _positive("round-timeout", self.round_timeout)
+        _positive("min-hospitals", self.min_hospitals)
+        if self.proximal_mu < 0:
+            raise ConfigError(f"proximal-mu={self.proximal_mu} must be >= 0")
+        if not 0.0 <= self.trim_beta < 0.5:
+            raise ConfigError(f"trim-beta={self.trim_beta} must be in [0, 0.5)")
+        if self.max_samples < 0:
+            raise ConfigError(f"max-samples={self.max_samples} must be >= 0 (0 = all)")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"test-fraction={self.test_fraction} must be in (0, 1)")
+        if self.dp:
+            if self.epsilon <= 0:
+                raise ConfigError(
+                    f"epsilon={self.epsilon} must be > 0 (or turn DP off with --no-dp)"
+                )
+            if not 0.0 < self.delta < 1.0:
+                raise ConfigError(f"delta={self.delta} must be in (0, 1)")
+            _positive("max-grad-norm", self.max_grad_norm)
+        if self.image_size % 4 and self.task == "image-gan":
+            raise ConfigError(
+                f"image-size={self.image_size}: the GAN needs a multiple of 4 (e.g. 28)"
+            )
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}={value} must be > 0")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Accept the value if it fits the field's type; say what was expected if not."""
+    kind = annotation if isinstance(annotation, str) else annotation.__name__
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}={value!r} must be an integer") from None
+        if not number.is_integer():
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return int(number)
+    if kind == "float":
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} must be a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        return number
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}={value!r} must be a string")
+    return value

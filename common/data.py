@@ -1,0 +1,101 @@
+"""Containers for one task's data, and the split of a hospital's data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from common.errors import DataError
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Inputs, integer labels and (optionally) the natural site of each sample."""
+
+    x: np.ndarray  # float32, (N, ...)
+    y: np.ndarray  # int64, (N,)
+    groups: np.ndarray | None = None  # str, (N,): hospital or patient id
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise DataError(f"{len(self.x)} inputs but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, index: np.ndarray) -> Samples:
+        groups = None if self.groups is None else self.groups[index]
+        return Samples(self.x[index], self.y[index], groups)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """What a data path holds: samples for the hospitals, maybe a central test set."""
+
+    train: Samples
+    test: Samples | None
+    num_classes: int
+    source: str  # the path or name it was read from, for messages and model cards
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+
+def check_labels(y: np.ndarray, num_classes: int, source: str) -> None:
+    """Refuse labels outside 0..num_classes-1, naming the file."""
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(
+            f"{source}: labels must lie in 0..{num_classes - 1}, found "
+            f"{int(y.min())}..{int(y.max())}; fix the label column or the class list"
+        )
+
+
+def subsample(samples: Samples, max_samples: int, seed: int) -> Samples:
+    """At most `max_samples` samples, drawn stratified with a fixed seed (0 = all)."""
+    if max_samples <= 0 or len(samples) <= max_samples:
+        return samples
+    index, _ = _split_index(samples.y, train_size=max_samples, seed=seed)
+    return samples.take(np.sort(index))
+
+
+def local_split(samples: Samples, test_fraction: float, seed: int) -> tuple[Samples, Samples]:
+    """A hospital's own train / held-out split, stratified where the labels allow."""
+    if len(samples) < 4:
+        raise DataError(
+            f"only {len(samples)} samples at this hospital: at least 4 are needed for a "
+            "train and a held-out split; use fewer hospitals or more data"
+        )
+    train_idx, test_idx = _split_index(samples.y, test_size=test_fraction, seed=seed)
+    return samples.take(train_idx), samples.take(test_idx)
+
+
+def _split_index(
+    y: np.ndarray, seed: int, train_size: int | None = None, test_size: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    index = np.arange(len(y))
+    _, counts = np.unique(y, return_counts=True)
+    stratify = y if counts.min() >= 2 else None
+    try:
+        a, b = train_test_split(
+            index, train_size=train_size, test_size=test_size, random_state=seed,
+            stratify=stratify,
+        )
+    except ValueError:  # too few samples per class for a stratified split
+        a, b = train_test_split(
+            index, train_size=train_size, test_size=test_size, random_state=seed
+        )
+    return np.asarray(a), np.asarray(b)
+
+
+def standardize(train: Samples, test: Samples) -> tuple[Samples, Samples]:
+    """Scale features with the train split's own mean and spread (tabular data)."""
+    mean = train.x.mean(axis=0)
+    std = np.maximum(train.x.std(axis=0), 1e-6)
+
+    def scale(s: Samples) -> Samples:
+        return Samples(((s.x - mean) / std).astype(np.float32), s.y, s.groups)
+
+    return scale(train), scale(test)

@@ -1,0 +1,50 @@
+"""Classification metrics that clinicians read: accuracy, AUROC, macro-F1, recall."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import f1_score, recall_score, roc_auc_score
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Metrics from true labels and predicted class probabilities (N, C).
+
+    AUROC is NaN where it is undefined (a held-out set with a single class).
+    """
+    if len(y_true) == 0:
+        return {"accuracy": math.nan, "auroc": math.nan, "macro-f1": math.nan}
+    num_classes = proba.shape[1]
+    pred = proba.argmax(axis=1)
+    labels = list(range(num_classes))
+    return {
+        "accuracy": float((pred == y_true).mean()),
+        "auroc": auroc(y_true, proba),
+        "macro-f1": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
+    }
+
+
+def per_class_recall(y_true: np.ndarray, proba: np.ndarray) -> list[float]:
+    labels = list(range(proba.shape[1]))
+    recall = recall_score(y_true, proba.argmax(axis=1), labels=labels, average=None, zero_division=0)
+    return [float(r) for r in recall]
+
+
+def auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    present = np.unique(y_true)
+    if len(present) < 2 or not np.isfinite(proba).all():
+        return math.nan
+    if proba.shape[1] == 2:
+        return float(roc_auc_score(y_true, proba[:, 1]))
+    if len(present) < proba.shape[1]:
+        return math.nan
+    return float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro"))
+
+
+def majority_baseline(y_train: np.ndarray, y_test: np.ndarray) -> float:
+    """Accuracy of always predicting the training set's most common class."""
+    if len(y_test) == 0:
+        return math.nan
+    majority = np.bincount(y_train).argmax()
+    return float((y_test == majority).mean())

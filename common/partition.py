@@ -1,0 +1,82 @@
+"""Split one data set into virtual hospitals with Flower Datasets partitioners."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    GroupedNaturalIdPartitioner,
+    IidPartitioner,
+    Partitioner,
+)
+
+from common.config import Partition
+from common.data import Samples
+from common.errors import ConfigError, DataError
+
+
+def partition_index(
+    samples: Samples, partition: Partition, num_partitions: int, partition_id: int, seed: int
+) -> np.ndarray:
+    """Indices of the samples that virtual hospital `partition_id` holds."""
+    if num_partitions > len(samples):
+        raise ConfigError(
+            f"{num_partitions} hospitals but only {len(samples)} samples: use fewer "
+            "hospitals (--hospitals) or more data"
+        )
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError(f"partition-id={partition_id} is not in 0..{num_partitions - 1}")
+    columns: dict[str, list] = {"index": list(range(len(samples))), "label": samples.y.tolist()}
+    if samples.groups is not None:
+        columns["group"] = samples.groups.tolist()
+    dataset = Dataset.from_dict(columns)
+    partitioner = _partitioner(samples, partition, num_partitions, seed)
+    if partition.scheme == "iid":
+        dataset = dataset.shuffle(seed=seed)  # IidPartitioner shards in order
+    partitioner.dataset = dataset
+    if partitioner.num_partitions != num_partitions:
+        raise ConfigError(
+            f"partition=natural groups the {_num_groups(samples)} sites of this data set "
+            f"into {partitioner.num_partitions} hospitals, not {num_partitions}; pick a "
+            "hospital count that divides the sites evenly"
+        )
+    try:
+        part = partitioner.load_partition(partition_id)
+    except ValueError as err:  # e.g. Dirichlet cannot reach its minimum partition size
+        raise ConfigError(f"partition={partition}: {err}") from err
+    return np.sort(np.asarray(part["index"], dtype=np.int64))
+
+
+def _num_groups(samples: Samples) -> int:
+    return 0 if samples.groups is None else len(np.unique(samples.groups))
+
+
+def _partitioner(
+    samples: Samples, partition: Partition, num_partitions: int, seed: int
+) -> Partitioner:
+    if partition.scheme == "iid":
+        return IidPartitioner(num_partitions=num_partitions)
+    if partition.scheme == "dirichlet":
+        min_size = max(2, min(10, len(samples) // (4 * num_partitions)))
+        return DirichletPartitioner(
+            num_partitions=num_partitions, partition_by="label", alpha=partition.alpha,
+            min_partition_size=min_size, self_balancing=False, seed=seed,
+        )
+    if samples.groups is None:
+        raise DataError(
+            "partition=natural needs a data set with natural sites (hospital or patient "
+            "column); this one has none: use iid or dirichlet:ALPHA"
+        )
+    groups = _num_groups(samples)
+    if num_partitions > groups:
+        raise ConfigError(
+            f"partition=natural: this data set has {groups} sites, fewer than "
+            f"{num_partitions} hospitals; use at most {groups} hospitals"
+        )
+    return GroupedNaturalIdPartitioner(
+        partition_by="group", group_size=math.ceil(groups / num_partitions),
+        sort_unique_ids=True,
+    )

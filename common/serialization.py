@@ -1,0 +1,36 @@
+"""Model weights <-> Flower ArrayRecords; the `_module.` prefix never leaves."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord
+
+from common.errors import FedwardError
+
+_OPACUS_PREFIX = "_module."
+
+
+def to_arrays(module: torch.nn.Module) -> ArrayRecord:
+    state = {
+        key.removeprefix(_OPACUS_PREFIX): value.detach().cpu()
+        for key, value in module.state_dict().items()
+    }
+    return ArrayRecord(state)
+
+
+def load_arrays(module: torch.nn.Module, arrays: ArrayRecord) -> None:
+    """Load weights strictly; a mismatch names the keys and shapes that differ."""
+    incoming = arrays.to_torch_state_dict()
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(incoming))
+    unexpected = sorted(set(incoming) - set(expected))
+    wrong = sorted(
+        k for k in set(expected) & set(incoming) if expected[k].shape != incoming[k].shape
+    )
+    if missing or unexpected or wrong:
+        raise FedwardError(
+            "the received weights do not fit this task's model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]}); "
+            "server and hospital must run the same fedward version and task settings"
+        )
+    module.load_state_dict(incoming, strict=True)

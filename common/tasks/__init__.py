@@ -1,0 +1,65 @@
+"""The task registry: a run config's `task` name -> its folder's Task.
+
+Task modules import torch and their readers, so they load on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+from common.config import TASK_NAMES, RunConfig
+from common.data import TaskData, subsample
+from common.errors import ConfigError
+from common.tasks.base import Task
+
+_MODULES = {
+    "tabular": "common.tasks.tabular",
+    "image-cnn": "common.tasks.image_cnn",
+    "sequence-rnn": "common.tasks.sequence_rnn",
+    "image-gan": "common.tasks.image_gan",
+}
+assert set(_MODULES) == set(TASK_NAMES)
+
+
+def get_task(name: str) -> Task:
+    if name not in _MODULES:
+        raise ConfigError(f"task={name!r} is not known; choose one of {', '.join(TASK_NAMES)}")
+    return importlib.import_module(_MODULES[name]).TASK
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """The config with the task's defaults filled in (lr=0 -> the task's lr)."""
+    if config.lr == 0:
+        return config.replace(lr=get_task(config.task).default_lr)
+    return config
+
+
+def load_data(config: RunConfig, path: str | None = None) -> TaskData:
+    """The task's data at `path` (default: the run's data path), subsampled as set.
+
+    Cached per process: a simulation's virtual hospitals share one worker process
+    and would otherwise re-read the same files every round.
+    """
+    path = path or config.data_path
+    stamp = os.stat(path).st_mtime_ns if os.path.exists(path) else 0
+    return _load_cached(config.task, path, stamp, config.image_size, config.max_samples, config.seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(
+    task: str, path: str, _stamp: int, image_size: int, max_samples: int, seed: int
+) -> TaskData:
+    config = RunConfig(
+        task=task, data_path=path, image_size=image_size, max_samples=max_samples, seed=seed
+    )
+    data = get_task(task).load(path, config)
+    if max_samples:
+        data = TaskData(
+            train=subsample(data.train, max_samples, seed),
+            test=None if data.test is None else subsample(data.test, max_samples, seed),
+            num_classes=data.num_classes,
+            source=data.source,
+        )
+    return data

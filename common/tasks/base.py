@@ -1,0 +1,46 @@
+"""What defines one learning problem: the Task dataclass every task folder fills."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from common.config import RunConfig
+from common.data import Samples, TaskData
+from common.privacy import DPState
+from common.training import TrainOutcome, evaluate_classifier, fit_classifier
+
+Loader = Callable[[str, RunConfig], TaskData]
+ModelFactory = Callable[[tuple[int, ...], int, RunConfig], nn.Module]
+Trainer = Callable[
+    [nn.Module, Samples, int, RunConfig, "DPState | None", torch.device, int], TrainOutcome
+]
+Evaluator = Callable[[nn.Module, Samples, torch.device], dict[str, float]]
+Finisher = Callable[[nn.Module, "TaskData | None", RunConfig, Path, torch.device], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One medical learning problem.
+
+    `load` reads a data path (naming the bad file on failure), `build_model` makes
+    the Opacus-ready model for an input shape and class count, `train` runs one
+    hospital's local round, `evaluate` gives loss and metrics on held-out samples.
+    `standardize` asks the hospital to standardise features with its own train
+    statistics (tabular data); nothing about them leaves the hospital.
+    `finish` runs on the server after the last round (e.g. the GAN's samples and
+    train-on-synthetic score); `default_lr` applies when the run sets lr=0.
+    """
+
+    name: str
+    load: Loader
+    build_model: ModelFactory
+    train: Trainer = fit_classifier
+    evaluate: Evaluator = evaluate_classifier
+    standardize: bool = False
+    finish: Finisher | None = None
+    default_lr: float = 0.05

@@ -1,0 +1,94 @@
+"""ECG heartbeats: MIT-BIH records (WFDB) or a .npz of beat rows.
+
+A WFDB folder is read with `wfdb`: lead 0 of every record, one window around each
+annotated R peak, labelled with the 5 AAMI classes. The natural site of a beat is
+its record (patient), so `partition=natural` splits hospitals by patient.
+A .npz file holds `x` (N, T) beats, `y` labels and optionally `groups`.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from common.config import RunConfig
+from common.data import Samples, TaskData, check_labels
+from common.errors import DataError
+
+AAMI_CLASSES = ("N", "S", "V", "F", "Q")
+AAMI_MAP = {
+    **dict.fromkeys("NLRej", 0),
+    **dict.fromkeys("AaJS", 1),
+    **dict.fromkeys("VE", 2),
+    "F": 3,
+    **dict.fromkeys("/fQ", 4),
+}
+BEFORE, AFTER = 90, 90  # samples at 360 Hz around the R peak: 0.5 s in all
+DOWNSAMPLE = 2  # 180 samples -> 90 time steps
+
+
+def load_sequences(path: str, config: RunConfig) -> TaskData:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data path {path} does not exist; pass a WFDB record folder or a .npz")
+    if p.is_file():
+        if p.suffix != ".npz":
+            raise DataError(f"{path}: sequences must be a folder of WFDB records or a .npz file")
+        return _load_npz(p)
+    records = sorted(h.stem for h in p.glob("*.hea"))
+    if not records:
+        raise DataError(f"{path}: no WFDB header (.hea) files in this folder")
+    parts = [read_record(p / r) for r in records]
+    x = np.concatenate([b for b, _ in parts])
+    y = np.concatenate([lab for _, lab in parts])
+    groups = np.concatenate([np.full(len(lab), r, dtype=object) for r, (_, lab) in zip(records, parts, strict=True)])
+    return TaskData(Samples(x, y, groups), None, len(AAMI_CLASSES), path)
+
+
+def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Beats (N, T, 1) z-normalised and AAMI labels (N,) of one WFDB record."""
+    import wfdb
+
+    try:
+        signal = wfdb.rdrecord(str(stem), channels=[0]).p_signal[:, 0]
+        annotation = wfdb.rdann(str(stem), "atr")
+    except Exception as err:  # wfdb raises bare ValueError/IndexError/OSError on bad files
+        raise DataError(
+            f"{stem}: cannot read this WFDB record ({type(err).__name__}: {err}); check that "
+            ".hea, .dat and .atr are complete"
+        ) from err
+    beats, labels = [], []
+    for peak, symbol in zip(annotation.sample, annotation.symbol, strict=True):
+        label = AAMI_MAP.get(symbol)
+        if label is None or peak < BEFORE or peak + AFTER > len(signal):
+            continue
+        beats.append(signal[peak - BEFORE : peak + AFTER : DOWNSAMPLE])
+        labels.append(label)
+    if not beats:
+        raise DataError(f"{stem}: no annotated heartbeats found in this record")
+    x = np.asarray(beats, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise DataError(f"{stem}: the signal holds NaN values; the .dat file may be truncated")
+    x = (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)
+    return x[..., None], np.asarray(labels, dtype=np.int64)
+
+
+def _load_npz(path: Path) -> TaskData:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            x = npz["x"].astype(np.float32)
+            y = npz["y"].reshape(-1).astype(np.int64)
+            groups = npz["groups"].astype(str).astype(object) if "groups" in npz else None
+    except KeyError as err:
+        raise DataError(f"{path}: missing array {err}; a sequence .npz has 'x' and 'y'") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from err
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.ndim != 3:
+        raise DataError(f"{path}: 'x' has shape {x.shape}, expected (N, T) or (N, T, features)")
+    num_classes = max(2, int(y.max()) + 1)
+    check_labels(y, num_classes, str(path))
+    return TaskData(Samples(x, y, groups), None, num_classes, str(path))

@@ -1,0 +1,10 @@
+"""Task `tabular`: clinical feature tables -> logistic regression or an MLP."""
+
+from common.tasks.base import Task
+from common.tasks.tabular.dataset import load_tabular
+from common.tasks.tabular.model import build_tabular_model
+
+TASK = Task(
+    name="tabular", load=load_tabular, build_model=build_tabular_model, standardize=True,
+    default_lr=0.1,
+)

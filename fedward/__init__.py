@@ -1,0 +1,1 @@
+"""fedward's command line: `fedward simulate` (and later certs, ledger)."""

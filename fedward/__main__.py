@@ -1,0 +1,3 @@
+from fedward.cli import main
+
+raise SystemExit(main())

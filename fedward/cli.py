@@ -1,0 +1,129 @@
+"""`fedward` command line. `fedward simulate --help` lists the flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from common.config import STRATEGY_NAMES, TASK_NAMES, RunConfig
+from common.errors import FedwardError
+
+DEFAULT_DATA = {"tabular": "builtin:breast-cancer"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedward", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    sim = commands.add_parser("simulate", help="simulate a federation of hospitals on this machine")
+    sim.add_argument("--task", default="tabular", help=f"one of {', '.join(TASK_NAMES)}")
+    sim.add_argument("--data", help="data path (file or folder); default: breast-cancer for tabular")
+    sim.add_argument("--hospitals", type=int, default=4, help="number of virtual hospitals")
+    sim.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | natural")
+    sim.add_argument("--rounds", type=int, default=3)
+    sim.add_argument("--strategy", default="fedavg", help=f"one of {', '.join(STRATEGY_NAMES)}")
+    sim.add_argument("--epsilon", type=float, default=3.0, help="each hospital's target epsilon for the run")
+    sim.add_argument("--delta", type=float, default=1e-5)
+    sim.add_argument("--no-dp", action="store_true", help="train without differential privacy")
+    sim.add_argument("--max-grad-norm", type=float, default=1.0)
+    sim.add_argument("--local-epochs", type=int, default=1)
+    sim.add_argument("--batch-size", type=int, default=32)
+    sim.add_argument("--lr", type=float, default=0.0, help="local learning rate (0: the task's default)")
+    sim.add_argument("--model", default="", help="tabular: logreg|mlp; sequence-rnn: lstm|gru")
+    sim.add_argument("--image-size", type=int, default=28)
+    sim.add_argument("--max-samples", type=int, default=0, help="use at most this many samples (0: all)")
+    sim.add_argument("--seed", type=int, default=42)
+    sim.add_argument("--out", help="run directory (default: runs/<time>-<task>)")
+    sim.add_argument("--cpus-per-hospital", type=float, default=2.0)
+    sim.add_argument("--gpus-per-hospital", type=float, default=0.0)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    if args.hospitals < 1:
+        raise FedwardError(f"--hospitals={args.hospitals} must be at least 1")
+    data = args.data or DEFAULT_DATA.get(args.task)
+    if data is None:
+        raise FedwardError(f"--data is required for task {args.task}: pass a file or folder")
+    if not data.startswith("builtin:"):
+        data = str(Path(data).expanduser().resolve())
+    out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{args.task}"
+    return RunConfig(
+        task=args.task, data_path=data, partition=args.partition, num_server_rounds=args.rounds,
+        strategy=args.strategy, dp=not args.no_dp, epsilon=args.epsilon, delta=args.delta,
+        max_grad_norm=args.max_grad_norm, local_epochs=args.local_epochs,
+        batch_size=args.batch_size, lr=args.lr, model=args.model, image_size=args.image_size,
+        max_samples=args.max_samples, min_hospitals=args.hospitals, seed=args.seed,
+        out_dir=str(Path(out).resolve()),
+    )
+
+
+def check_before_start(config: RunConfig, hospitals: int) -> None:
+    """Read the data and split it once here, so a bad input fails before Ray starts."""
+    from common.partition import partition_index
+    from common.tasks import get_task, load_data
+
+    config.validate()
+    task = get_task(config.task)
+    if config.model:
+        task.build_model((1, 28, 28) if "image" in config.task else (1, 1), 2, config)
+    data = load_data(config)
+    for hospital in range(hospitals):
+        partition_index(data.train, config.partition_spec, hospitals, hospital, config.seed)
+    if (Path(config.out_dir) / "metrics.jsonl").exists():
+        raise FedwardError(f"{config.out_dir} already holds a run; choose another --out")
+
+
+def simulate(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from common.tasks import resolve
+    from fedward.simulation import run_simulation
+
+    config = resolve(config_from_args(args))
+    check_before_start(config, args.hospitals)
+    print(f"fedward: {config.task} on {config.data_path}, {args.hospitals} hospitals "
+          f"({config.partition}), {config.num_server_rounds} rounds of {config.strategy}, "
+          + (f"DP epsilon={config.epsilon:g} delta={config.delta:g}" if config.dp else "no DP"),
+          flush=True)
+    out_dir = run_simulation(config, args.hospitals, args.cpus_per_hospital, args.gpus_per_hospital)
+    card_path = out_dir / "model_card.json"
+    if not card_path.exists():
+        raise FedwardError(f"the run ended without a model card in {out_dir}; see the log above")
+    print_summary(json.loads(card_path.read_text()), out_dir)
+    return 0
+
+
+def print_summary(card: dict, out_dir: Path) -> None:
+    final = card["final_metrics"]
+    fed = final.get("federated_evaluation") or {}
+    print("\n== fedward summary ==")
+    print(f"task {card['task']} | strategy {card['strategy']} | rounds {card['rounds']}")
+    print(f"federated test accuracy {_fmt(fed.get('accuracy'))} | AUROC {_fmt(fed.get('auroc'))}")
+    central = final.get("central_evaluation")
+    if central:
+        print(f"central test accuracy {_fmt(central.get('accuracy'))} | AUROC {_fmt(central.get('auroc'))}")
+    for key in ("tstr-accuracy", "trtr-accuracy"):
+        if key in final:
+            print(f"{key} {_fmt(final[key])}")
+    for name, info in card["hospitals"].items():
+        print(f"  {name:<14} epsilon spent {_fmt(info['epsilon_spent'])} | "
+              f"test accuracy {_fmt((info['final_test_metrics'] or {}).get('accuracy'))}")
+    print(f"report: {out_dir} (metrics.jsonl, model_card.json, report.png, final_model.pt)")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "simulate":
+            return simulate(args)
+    except FedwardError as err:
+        print(f"fedward: error: {err}", file=sys.stderr)
+        return 2
+    return 1

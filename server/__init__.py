@@ -1,0 +1,1 @@
+"""The ServerApp: strategy, rounds, checkpoints, reports."""

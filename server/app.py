@@ -1,0 +1,18 @@
+"""The ServerApp entry point named in pyproject.toml (`server.app:app`)."""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import RunConfig
+from common.tasks import resolve
+from server.federation import run_federation
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config = resolve(RunConfig.from_mapping(dict(context.run_config)))
+    run_federation(grid, config)

@@ -1,0 +1,110 @@
+"""One federated run: rounds of train, screen, aggregate, evaluate, record, checkpoint.
+
+The strategy is a stock `flwr.serverapp.strategy` object; this loop drives its
+configure/aggregate methods itself (as `Strategy.start` does) so that every round
+can screen replies, write per-hospital records and a checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from common.config import RunConfig
+from common.data import TaskData
+from common.device import pick_device
+from common.errors import DataError, FedwardError
+from common.serialization import load_arrays, to_arrays
+from common.tasks import get_task, load_data
+from server.records import RunRecorder, save_checkpoint, save_final_model
+from server.report import model_card, write_model_card, write_report_png
+from server.screening import screen
+from server.strategies import build_strategy
+
+
+def run_federation(grid: Grid, config: RunConfig) -> Path:
+    out_dir = Path(config.out_dir)
+    if (out_dir / "metrics.jsonl").exists():
+        raise FedwardError(f"{out_dir} already holds a run (metrics.jsonl); choose another out-dir")
+    task = get_task(config.task)
+    data, input_shape, num_classes = _data_spec(grid, config)
+    torch.manual_seed(config.seed)
+    model = task.build_model(input_shape, num_classes, config)
+    arrays = to_arrays(model)
+    strategy = build_strategy(config)
+    recorder = RunRecorder(out_dir, config.num_server_rounds)
+    central = data if data is not None and data.test is not None else None
+    device = pick_device()
+    for server_round in range(1, config.num_server_rounds + 1):
+        start = time.perf_counter()
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(config.to_mapping()), grid)
+        replies = list(grid.send_and_receive(messages, timeout=config.round_timeout))
+        accepted, rejected = screen(replies, arrays, train=True)
+        recorder.reject(server_round, "train", rejected)
+        recorder.hospitals(server_round, "train", accepted)
+        aggregated, metrics = strategy.aggregate_train(server_round, accepted) if accepted else (None, None)
+        if aggregated is not None:
+            arrays = aggregated
+        recorder.aggregate(server_round, "train", metrics and dict(metrics), time.perf_counter() - start)
+
+        start = time.perf_counter()
+        messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(config.to_mapping()), grid)
+        replies = list(grid.send_and_receive(messages, timeout=config.round_timeout))
+        accepted, rejected = screen(replies, arrays, train=False)
+        recorder.reject(server_round, "evaluate", rejected)
+        recorder.hospitals(server_round, "evaluate", accepted)
+        metrics = strategy.aggregate_evaluate(server_round, accepted) if accepted else None
+        recorder.aggregate(server_round, "evaluate", metrics and dict(metrics), time.perf_counter() - start)
+
+        if central is not None and central.test is not None:
+            start = time.perf_counter()
+            load_arrays(model, arrays)
+            scores = task.evaluate(model, central.test, device)
+            scores.update(num_examples=len(central.test), seconds=time.perf_counter() - start)
+            recorder.write(server_round, "server", "central", {k.replace("-", "_"): v for k, v in scores.items()})
+        save_checkpoint(out_dir, server_round, arrays, strategy)
+
+    recorder.close()
+    save_final_model(out_dir, arrays)
+    load_arrays(model, arrays)
+    extra = task.finish(model, data, config, out_dir, device) if task.finish else {}
+    card = model_card(config, recorder.rows, recorder.rejections, extra, data.source if data else config.data_path)
+    write_model_card(out_dir, card)
+    write_report_png(out_dir, recorder.rows)
+    print(f"run finished: report in {out_dir}", flush=True)
+    return out_dir
+
+
+def _data_spec(grid: Grid, config: RunConfig) -> tuple[TaskData | None, tuple[int, ...], int]:
+    """Shape and classes from the data when the server can read it, else from a hospital."""
+    try:
+        data = load_data(config)
+        return data, data.input_shape, data.num_classes
+    except DataError:
+        if Path(config.data_path).exists() or config.data_path.startswith("builtin:"):
+            raise
+    node = _first_node(grid, config)
+    query = Message(content=RecordDict({"config": ConfigRecord(config.to_mapping())}),
+                    message_type="query", dst_node_id=node)
+    replies = list(grid.send_and_receive([query], timeout=config.round_timeout))
+    if not replies or replies[0].has_error():
+        reason = replies[0].error.reason if replies else "no reply"
+        raise FedwardError(f"could not learn the data shape from hospital node {node}: {reason}")
+    spec = next(iter(replies[0].content.metric_records.values()))
+    shape = tuple(int(d) for d in spec["input-shape"])  # type: ignore[union-attr]
+    return None, shape, int(spec["num-classes"])  # type: ignore[arg-type]
+
+
+def _first_node(grid: Grid, config: RunConfig) -> int:
+    deadline = time.monotonic() + config.round_timeout
+    while time.monotonic() < deadline:
+        nodes = list(grid.get_node_ids())
+        if nodes:
+            return nodes[0]
+        time.sleep(1)
+    raise FedwardError(f"no hospital connected within round-timeout={config.round_timeout:g} s")
+

@@ -1,0 +1,119 @@
+"""Per-round records of a run: metrics.jsonl, TensorBoard, the console, checkpoints.
+
+metrics.jsonl holds one JSON object per round per hospital and split (`train`,
+`evaluate`), one aggregate per round and split (`hospital: "all"`), and the
+central evaluation (`hospital: "server"`), each with round, hospital, split,
+loss, accuracy, auroc, macro_f1, epsilon, num_examples and seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp.strategy import Strategy
+from torch.utils.tensorboard import SummaryWriter
+
+from server.screening import Rejection, hospital_of
+
+FIELDS = ("loss", "accuracy", "auroc", "macro_f1", "epsilon", "num_examples", "seconds")
+# Strategy attributes that carry state between rounds (FedOpt's moments and weights).
+STRATEGY_STATE = ("current_arrays", "m_t", "v_t")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunRecorder:
+    def __init__(self, out_dir: Path, num_rounds: int) -> None:
+        self.out_dir = out_dir
+        self.num_rounds = num_rounds
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "checkpoints").mkdir(exist_ok=True)
+        self.metrics_path = out_dir / "metrics.jsonl"
+        self.tensorboard = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        self.rows: list[dict[str, Any]] = []
+        self.rejections: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ rounds
+    def hospitals(self, server_round: int, split: str, replies: list[Message]) -> None:
+        for msg in replies:
+            metrics = next(iter(msg.content.metric_records.values()))
+            row = {key.replace("-", "_"): value for key, value in metrics.items()}
+            row.setdefault("loss", row.pop("train_loss", None))
+            self.write(server_round, hospital_of(msg), split, row)
+
+    def aggregate(self, server_round: int, split: str, metrics: dict[str, Any] | None, seconds: float) -> None:
+        if metrics is None:
+            return
+        row = {key.replace("-", "_"): value for key, value in metrics.items()}
+        row.setdefault("loss", row.pop("train_loss", None))
+        row["seconds"] = seconds
+        self.write(server_round, "all", split, row)
+
+    def reject(self, server_round: int, split: str, rejections: list[Rejection]) -> None:
+        for r in rejections:
+            entry = {"round": server_round, "hospital": r.hospital, "split": split, "reason": r.reason}
+            self.rejections.append(entry)
+            print(f"round {server_round}: hospital {r.hospital} rejected ({split}): {r.reason}", flush=True)
+
+    def write(self, server_round: int, hospital: str, split: str, values: dict[str, Any]) -> None:
+        row = {"round": server_round, "hospital": hospital, "split": split}
+        row.update({f: _clean(values.get(f)) for f in FIELDS})
+        self.rows.append(row)
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        for f in ("loss", "accuracy", "auroc", "epsilon"):
+            if isinstance(row[f], int | float):
+                self.tensorboard.add_scalar(f"{split}/{f}/{hospital}", row[f], server_round)
+        self._print(row)
+
+    def _print(self, row: dict[str, Any]) -> None:
+        parts = [f"round {row['round']}/{self.num_rounds}", f"{row['hospital']:<14}", f"{row['split']:<8}"]
+        for f in ("loss", "accuracy", "auroc", "epsilon"):
+            if isinstance(row[f], int | float):
+                parts.append(f"{f} {row[f]:.3f}")
+        if row["num_examples"] is not None:
+            parts.append(f"n={int(row['num_examples'])}")
+        print(" | ".join(parts), flush=True)
+
+    def close(self) -> None:
+        self.tensorboard.close()
+
+
+# -------------------------------------------------------------- checkpoints
+def save_checkpoint(out_dir: Path, server_round: int, arrays: ArrayRecord, strategy: Strategy) -> Path:
+    """Weights, round number and strategy state, written atomically."""
+    state = {
+        name: getattr(strategy, name) for name in STRATEGY_STATE if hasattr(strategy, name)
+    }
+    payload = {
+        "round": server_round,
+        "arrays": {k: a.numpy() for k, a in arrays.items()},
+        "strategy": type(strategy).__name__,
+        "strategy_state": state,
+    }
+    path = out_dir / "checkpoints" / f"round-{server_round:04d}.pkl"
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as handle:
+        pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def save_final_model(out_dir: Path, arrays: ArrayRecord) -> Path:
+    path = out_dir / "final_model.pt"
+    torch.save({k: torch.from_numpy(np.array(a.numpy())) for k, a in arrays.items()}, path)
+    return path

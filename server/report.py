@@ -1,0 +1,121 @@
+"""End of run: model_card.json and report.png next to the final model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common.config import RunConfig  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CODE_DIRS = ("common", "server", "client")
+
+
+def code_hash() -> str:
+    """SHA-256 over the project's Python sources, in a fixed order."""
+    digest = hashlib.sha256()
+    for folder in CODE_DIRS:
+        for path in sorted((PROJECT_ROOT / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _last(rows: list[dict[str, Any]], hospital: str, split: str) -> dict[str, Any] | None:
+    matches = [r for r in rows if r["hospital"] == hospital and r["split"] == split]
+    return matches[-1] if matches else None
+
+
+def model_card(
+    config: RunConfig, rows: list[dict[str, Any]], rejections: list[dict[str, Any]],
+    extra_metrics: dict[str, float], data_source: str,
+) -> dict[str, Any]:
+    names = sorted({r["hospital"] for r in rows} - {"all", "server"})
+    hospitals = {}
+    for name in names:
+        train = _last(rows, name, "train")
+        evaluation = _last(rows, name, "evaluate")
+        hospitals[name] = {
+            "train_samples": train and train["num_examples"],
+            "test_samples": evaluation and evaluation["num_examples"],
+            "epsilon_spent": train and train["epsilon"],
+            "rounds_trained": sorted({r["round"] for r in rows if r["hospital"] == name and r["split"] == "train"}),
+            "final_test_metrics": evaluation and {k: evaluation[k] for k in ("loss", "accuracy", "auroc", "macro_f1")},
+        }
+    final = {split: _last(rows, who, split) for who, split in (("all", "evaluate"), ("server", "central"))}
+    return {
+        "task": config.task,
+        "data": data_source,
+        "partition": config.partition,
+        "strategy": config.strategy,
+        "rounds": config.num_server_rounds,
+        "differential_privacy": {
+            "enabled": config.dp,
+            "target_epsilon": config.epsilon if config.dp else None,
+            "delta": config.delta if config.dp else None,
+            "max_grad_norm": config.max_grad_norm if config.dp else None,
+            "accountant": "opacus rdp",
+        },
+        "config": config.to_mapping(),
+        "hospitals": hospitals,
+        "rejected_replies": rejections,
+        "final_metrics": {
+            "federated_evaluation": final["evaluate"],
+            "central_evaluation": final["central"],
+            **extra_metrics,
+        },
+        "git_commit": git_commit(),
+        "code_sha256": code_hash(),
+    }
+
+
+def write_model_card(out_dir: Path, card: dict[str, Any]) -> Path:
+    path = out_dir / "model_card.json"
+    path.write_text(json.dumps(card, indent=2) + "\n")
+    return path
+
+
+def write_report_png(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    """Test accuracy per hospital and overall, and epsilon spent per hospital, by round."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for hospital in sorted({r["hospital"] for r in rows}):
+        points = [(r["round"], r["accuracy"]) for r in rows
+                  if r["hospital"] == hospital and r["split"] in ("evaluate", "central")
+                  and r["accuracy"] is not None]
+        if points:
+            style = "-o" if hospital in ("all", "server") else "--"
+            left.plot(*zip(*points, strict=True), style, label=hospital)
+        spent = [(r["round"], r["epsilon"]) for r in rows
+                 if r["hospital"] == hospital and r["split"] == "train" and r["epsilon"] is not None]
+        if spent and hospital != "all":
+            right.plot(*zip(*spent, strict=True), "-o", label=hospital)
+    left.set(title="Test accuracy", xlabel="round", ylabel="accuracy")
+    right.set(title="Epsilon spent (cumulative)", xlabel="round", ylabel="epsilon")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "report.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
