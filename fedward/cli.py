@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.hospitals < 1:
         raise FedwardError(f"--hospitals={args.hospitals} must be at least 1")
+    RunConfig(task=args.task, strategy=args.strategy).validate()
     data = args.data or DEFAULT_DATA.get(args.task)
     if data is None:
         raise FedwardError(f"--data is required for task {args.task}: pass a file or folder")

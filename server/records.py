@@ -23,7 +23,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from server.screening import Rejection, hospital_of
 
-FIELDS = ("loss", "accuracy", "auroc", "macro_f1", "epsilon", "num_examples", "seconds")
+FIELDS = (
+    "loss", "accuracy", "auroc", "macro_f1", "epsilon", "noise_multiplier", "steps",
+    "num_examples", "seconds",
+)
 # Strategy attributes that carry state between rounds (FedOpt's moments and weights).
 STRATEGY_STATE = ("current_arrays", "m_t", "v_t")
 

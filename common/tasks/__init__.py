@@ -32,7 +32,8 @@ def get_task(name: str) -> Task:
 def resolve(config: RunConfig) -> RunConfig:
     """The config with the task's defaults filled in (lr=0 -> the task's lr)."""
     if config.lr == 0:
-        return config.replace(lr=get_task(config.task).default_lr)
+        task = get_task(config.task)
+        return config.replace(lr=task.default_dp_lr if config.dp else task.default_lr)
     return config
 
 

@@ -33,7 +33,8 @@ class Task:
     `standardize` asks the hospital to standardise features with its own train
     statistics (tabular data); nothing about them leaves the hospital.
     `finish` runs on the server after the last round (e.g. the GAN's samples and
-    train-on-synthetic score); `default_lr` applies when the run sets lr=0.
+    train-on-synthetic score). When the run sets lr=0, `default_lr` applies, or
+    `default_dp_lr` under DP: clipped, noisy gradients want a larger step.
     """
 
     name: str
@@ -43,4 +44,5 @@ class Task:
     evaluate: Evaluator = evaluate_classifier
     standardize: bool = False
     finish: Finisher | None = None
-    default_lr: float = 0.05
+    default_lr: float = 0.01
+    default_dp_lr: float = 0.1

@@ -48,14 +48,16 @@ def load_images(path: str, config: RunConfig) -> TaskData:
 
 def load_medmnist(path: Path) -> TaskData:
     """A MedMNIST v2 file: train_* go to the hospitals, test_* is the central test set."""
+    wanted = ("train_images", "train_labels", "test_images", "test_labels")
     try:
         with np.load(path) as npz:
-            arrays = {k: npz[k] for k in ("train_images", "train_labels", "test_images", "test_labels")}
-    except KeyError as err:
-        raise DataError(
-            f"{path}: missing array {err}; a MedMNIST file has train_images, train_labels, "
-            "test_images and test_labels"
-        ) from None
+            missing = [k for k in wanted if k not in npz.files]
+            if missing:
+                raise DataError(
+                    f"{path}: missing array {missing[0]!r}; a MedMNIST file has "
+                    f"{', '.join(wanted)}"
+                )
+            arrays = {k: npz[k] for k in wanted}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from err
     train = _medmnist_split(arrays["train_images"], arrays["train_labels"], path)

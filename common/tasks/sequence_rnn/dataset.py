@@ -78,11 +78,11 @@ def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
 def _load_npz(path: Path) -> TaskData:
     try:
         with np.load(path, allow_pickle=False) as npz:
+            if "x" not in npz.files or "y" not in npz.files:
+                raise DataError(f"{path}: a sequence .npz needs arrays 'x' and 'y'")
             x = npz["x"].astype(np.float32)
             y = npz["y"].reshape(-1).astype(np.int64)
             groups = npz["groups"].astype(str).astype(object) if "groups" in npz else None
-    except KeyError as err:
-        raise DataError(f"{path}: missing array {err}; a sequence .npz has 'x' and 'y'") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from err
     if x.ndim == 2:

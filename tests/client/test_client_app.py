@@ -1,0 +1,80 @@
+"""The ClientApp's handlers called as Flower calls them, without a simulation."""
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+from opacus.accountants import RDPAccountant
+
+from client.app import app
+from common.config import RunConfig
+from common.errors import FedwardError
+from common.tasks import get_task
+from common.training import batches_per_epoch
+
+
+def message(kind: str, arrays: ArrayRecord, config: RunConfig, server_round: int) -> Message:
+    record = ConfigRecord({**config.to_mapping(), "server-round": server_round})
+    metadata = Metadata(
+        run_id=1, message_id=f"m{server_round}{kind}", src_node_id=0, dst_node_id=7,
+        reply_to_message_id="", group_id=str(server_round), created_at=time.time(), ttl=600,
+        message_type=kind,
+    )
+    return Message(content=RecordDict({"arrays": arrays, "config": record}), metadata=metadata)
+
+
+def initial(config: RunConfig, shape, classes) -> ArrayRecord:
+    torch.manual_seed(0)
+    return ArrayRecord(get_task(config.task).build_model(shape, classes, config).state_dict())
+
+
+def test_epsilon_after_each_round_is_the_cumulative_one(data_dir: Path):
+    config = RunConfig(data_path=str(data_dir / "heart_disease_uci"), partition="natural",
+                       num_server_rounds=3, epsilon=1.0, lr=0.1)
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 4},
+                      state=RecordDict(), run_config={})
+    arrays = initial(config, (10,), 2)
+    reported = []
+    for server_round in (1, 2, 3):
+        reply = app(message("train", arrays, config, server_round), context)
+        assert not reply.has_error(), reply.error
+        metrics = reply.content["metrics"]
+        reported.append((metrics["epsilon"], metrics["noise-multiplier"], metrics["steps"], metrics["num-examples"]))
+        arrays = reply.content["arrays"]
+    noise = reported[0][1]
+    assert all(r[1] == noise for r in reported), "noise is derived once for the run"
+    q = 1 / batches_per_epoch(reported[0][3], config.batch_size)
+    reference = RDPAccountant()
+    reference.history = [(noise, q, sum(r[2] for r in reported))]
+    assert reported[-1][0] == pytest.approx(reference.get_epsilon(config.delta), abs=1e-6)
+    assert reported[0][0] < reported[1][0] < reported[2][0] <= 1.0 + 1e-2
+    assert reply.content["hospital"]["name"] == "cleveland"
+
+
+def test_evaluate_reports_metrics_on_held_out_data(data_dir: Path):
+    config = RunConfig(data_path=str(data_dir / "heart_disease_uci"))
+    context = Context(run_id=1, node_id=7, node_config={"data-path": str(data_dir / "heart_disease_uci" / "processed.va.data")},
+                      state=RecordDict(), run_config={})
+    reply = app(message("evaluate", initial(config, (10,), 2), config, 1), context)
+    metrics = reply.content["metrics"]
+    assert metrics["num-examples"] == 33  # a quarter of VA's 130 rows, held out
+    assert 0 <= metrics["accuracy"] <= 1 and "arrays" not in reply.content
+    assert reply.content["hospital"]["name"] == "processed.va"
+
+
+def test_hospital_without_data_path_gets_a_clear_refusal():
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    config = RunConfig()
+    with pytest.raises(FedwardError, match="this node has no data"):
+        app(message("train", initial(config, (30,), 2), config, 1), context)
+
+
+def test_weights_for_another_model_are_refused_before_training(data_dir: Path):
+    config = RunConfig(data_path=str(data_dir / "heart_disease_uci"))
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 4},
+                      state=RecordDict(), run_config={})
+    with pytest.raises(FedwardError, match="do not fit this task's model"):
+        app(message("train", initial(config, (13,), 2), config, 1), context)
+    assert not context.state.config_records, "nothing was trained or recorded"

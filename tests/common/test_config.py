@@ -1,0 +1,48 @@
+import pytest
+
+from common.config import RunConfig
+from common.errors import ConfigError
+
+
+def test_defaults_round_trip_through_run_config_keys():
+    config = RunConfig(task="image-cnn", epsilon=8.0, partition="dirichlet:0.5")
+    assert RunConfig.from_mapping(config.to_mapping()) == config
+
+
+def test_strings_from_the_command_line_are_coerced():
+    config = RunConfig.from_mapping({"num-server-rounds": "5", "dp": "false", "epsilon": "1.5"})
+    assert (config.num_server_rounds, config.dp, config.epsilon) == (5, False, 1.5)
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"num-rounds": 3}, "unknown setting 'num-rounds'"),
+        ({"num-server-rounds": 0}, "num-server-rounds=0 must be > 0"),
+        ({"num-server-rounds": 2.5}, "num-server-rounds=2.5 must be an integer"),
+        ({"epsilon": 0}, "epsilon=0.0 must be > 0"),
+        ({"epsilon": -1}, "epsilon=-1.0 must be > 0"),
+        ({"delta": 1.0}, "delta=1.0 must be in (0, 1)"),
+        ({"lr": -0.1}, "lr=-0.1 must be > 0"),
+        ({"dp": "maybe"}, "dp='maybe' must be true or false"),
+        ({"task": "segmentation"}, "task='segmentation' is not known"),
+        ({"strategy": "fedsgd"}, "strategy='fedsgd' is not known"),
+        ({"partition": "dirichlet:-1"}, "Dirichlet alpha must be a positive"),
+        ({"partition": "by-age"}, "partition='by-age' is not known"),
+        ({"test-fraction": 1.5}, "test-fraction=1.5 must be in (0, 1)"),
+        ({"epsilon": "inf"}, "must be a finite number"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_key_named(values, named):
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_mapping(values)
+    assert named in str(err.value)
+
+
+def test_no_dp_run_ignores_the_epsilon_value():
+    assert RunConfig.from_mapping({"dp": False, "epsilon": 0}).dp is False
+
+
+def test_strategy_injected_keys_are_accepted():
+    config = RunConfig.from_mapping({"server-round": 3, "proximal-mu": 0.5})
+    assert config.proximal_mu == 0.5

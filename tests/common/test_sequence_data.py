@@ -1,0 +1,42 @@
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.config import RunConfig
+from common.errors import DataError
+from common.tasks import get_task
+
+CONFIG = RunConfig(task="sequence-rnn")
+
+
+def test_mitbih_beats_get_aami_labels_and_patient_sites(mitbih_subset: Path):
+    data = get_task("sequence-rnn").load(str(mitbih_subset), CONFIG)
+    assert data.input_shape == (90, 1) and data.num_classes == 5
+    assert set(data.train.groups) == {"100", "105", "119", "208"}
+    labels = set(np.unique(data.train.y))
+    assert {0, 2} <= labels  # record 119 and 208 hold many ventricular (V) beats
+    per_beat = data.train.x[:, :, 0]
+    assert np.allclose(per_beat.mean(axis=1), 0, atol=1e-4)
+
+
+def test_truncated_wfdb_record_is_named(data_dir: Path, tmp_path: Path):
+    for ext in ("hea", "atr"):
+        shutil.copy(data_dir / "mitbih_arrhythmia" / f"101.{ext}", tmp_path)
+    dat = (data_dir / "mitbih_arrhythmia" / "101.dat").read_bytes()
+    (tmp_path / "101.dat").write_bytes(dat[:1000])
+    with pytest.raises(DataError, match=r"101: cannot read this WFDB record|101: the signal holds NaN|101: no annotated"):
+        get_task("sequence-rnn").load(str(tmp_path), CONFIG)
+
+
+def test_folder_without_headers_is_refused(tmp_path: Path):
+    with pytest.raises(DataError, match=r"no WFDB header \(.hea\) files"):
+        get_task("sequence-rnn").load(str(tmp_path), CONFIG)
+
+
+def test_npz_rows_of_beats(tmp_path: Path):
+    path = tmp_path / "beats.npz"
+    np.savez(path, x=np.random.default_rng(0).normal(size=(10, 50)), y=np.arange(10) % 3)
+    data = get_task("sequence-rnn").load(str(path), CONFIG)
+    assert data.input_shape == (50, 1) and data.num_classes == 3

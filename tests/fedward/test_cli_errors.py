@@ -1,0 +1,63 @@
+"""Bad input to `fedward simulate` stops with one message before any worker starts."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fedward.cli import main
+
+
+def run(capsys, *args: str) -> tuple[int, str]:
+    code = main(["simulate", *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "segmentation"], "task='segmentation' is not known"),
+        (["--strategy", "fedsgd"], "strategy='fedsgd' is not known"),
+        (["--epsilon", "0"], "epsilon=0.0 must be > 0"),
+        (["--rounds", "0"], "num-server-rounds=0 must be > 0"),
+        (["--partition", "dirichlet:0"], "Dirichlet alpha must be a positive"),
+        (["--hospitals", "600"], "600 hospitals but only 569 samples"),
+        (["--task", "image-cnn"], "--data is required for task image-cnn"),
+        (["--model", "transformer"], "model='transformer' is not a tabular model"),
+        (["--partition", "natural"], "partition=natural needs a data set with natural sites"),
+    ],
+)
+def test_bad_settings(capsys, args, message):
+    code, err = run(capsys, *args)
+    assert code == 2 and message in err, err
+
+
+def test_missing_data_path_is_named(capsys, tmp_path: Path):
+    code, err = run(capsys, "--task", "image-cnn", "--data", str(tmp_path / "xrays"))
+    assert code == 2 and f"{tmp_path / 'xrays'} does not exist" in err
+
+
+def test_corrupt_image_is_named_and_nothing_is_written(capsys, tmp_path: Path):
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "xray" / label).mkdir(parents=True)
+        Image.fromarray(np.zeros((30, 30), np.uint8)).save(tmp_path / "xray" / label / "ok.png")
+    (tmp_path / "xray" / "NORMAL" / "bad.jpeg").write_bytes(b"\xff\xd8\xff truncated")
+    code, err = run(capsys, "--task", "image-cnn", "--data", str(tmp_path / "xray"), "--out", str(tmp_path / "run"))
+    assert code == 2 and "bad.jpeg: not a readable image" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_csv_with_wrong_columns_is_named(capsys, tmp_path: Path):
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n")
+    code, err = run(capsys, "--data", str(tmp_path / "t.csv"))
+    assert code == 2 and "t.csv: no 'label' column" in err
+
+
+def test_truncated_wfdb_record_is_named(capsys, data_dir: Path, tmp_path: Path):
+    (tmp_path / "ecg").mkdir()
+    for ext in ("hea", "atr"):
+        (tmp_path / "ecg" / f"100.{ext}").symlink_to(data_dir / "mitbih_arrhythmia" / f"100.{ext}")
+    (tmp_path / "ecg" / "100.dat").write_bytes(b"\x00" * 100)
+    code, err = run(capsys, "--task", "sequence-rnn", "--data", str(tmp_path / "ecg"))
+    assert code == 2 and "ecg/100:" in err, err
