@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 
 from client.hospital import HospitalData, hospital_data
 from client.privacy_state import load_dp_state, save_dp_state
+from common.calibration import prior_corrected
 from common.config import RunConfig
 from common.device import pick_device
 from common.serialization import load_arrays, to_arrays
@@ -68,7 +69,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = task.build_model(hospital.input_shape, hospital.num_classes, config)
     load_arrays(model, msg.content["arrays"])
     start = time.perf_counter()
-    scores = task.evaluate(model, hospital.test, pick_device())
+    device = pick_device()
+    if task.classifier and config.prior_correction:
+        model = prior_corrected(model, hospital.train, hospital.num_classes, device)
+    scores = task.evaluate(model, hospital.test, device)
     metrics = {"num-examples": len(hospital.test), **scores, "seconds": time.perf_counter() - start}
     return _reply(msg, hospital, metrics)
 

@@ -84,6 +84,7 @@ class RunConfig:
     max_samples: int = 0
     test_fraction: float = 0.25
     class_weighting: bool = True
+    prior_correction: bool = True
     min_hospitals: int = 2
     round_timeout: float = 600.0
     seed: int = 42

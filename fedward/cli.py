@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--batch-size", type=int, default=32)
     sim.add_argument("--lr", type=float, default=0.0, help="local learning rate (0: the task's default)")
     sim.add_argument("--model", default="", help="tabular: logreg|mlp; sequence-rnn: lstm|gru")
+    sim.add_argument("--no-class-weighting", action="store_true",
+                     help="plain loss instead of the class-weighted one")
+    sim.add_argument("--no-prior-correction", action="store_true",
+                     help="evaluate the global model as is, not adapted to each hospital's label prior")
+    sim.add_argument("--test-fraction", type=float, default=0.25,
+                     help="share of each hospital's data held out for its own evaluation")
     sim.add_argument("--image-size", type=int, default=28)
     sim.add_argument("--max-samples", type=int, default=0, help="use at most this many samples (0: all)")
     sim.add_argument("--seed", type=int, default=42)
@@ -57,7 +63,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         strategy=args.strategy, dp=not args.no_dp, epsilon=args.epsilon, delta=args.delta,
         max_grad_norm=args.max_grad_norm, local_epochs=args.local_epochs,
         batch_size=args.batch_size, lr=args.lr, model=args.model, image_size=args.image_size,
-        max_samples=args.max_samples, min_hospitals=args.hospitals, seed=args.seed,
+        max_samples=args.max_samples, class_weighting=not args.no_class_weighting,
+        prior_correction=not args.no_prior_correction,
+        test_fraction=args.test_fraction, min_hospitals=args.hospitals, seed=args.seed,
         out_dir=str(Path(out).resolve()),
     )
 

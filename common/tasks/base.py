@@ -46,3 +46,4 @@ class Task:
     finish: Finisher | None = None
     default_lr: float = 0.01
     default_dp_lr: float = 0.1
+    classifier: bool = True

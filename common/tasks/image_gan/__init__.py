@@ -9,4 +9,5 @@ from common.tasks.image_gan.train import evaluate_gan, train_gan
 TASK = Task(
     name="image-gan", load=load_images, build_model=build_gan, train=train_gan,
     evaluate=evaluate_gan, finish=finish_gan, default_lr=2e-4, default_dp_lr=2e-4,
+    classifier=False,
 )

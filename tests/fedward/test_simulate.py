@@ -1,0 +1,105 @@
+"""Whole federations on one machine, as a researcher runs them (`fedward simulate`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+
+from client.hospital import hospital_data
+from common.config import RunConfig
+from common.metrics import majority_baseline
+from common.tasks import get_task
+from common.training import batches_per_epoch
+from tests.conftest import PROJECT_ROOT, assert_run_directory, read_metrics
+
+pytestmark = pytest.mark.slow
+
+
+def simulate(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "RAY_DISABLE_IMPORT_WARNING": "1"}
+    result = subprocess.run([sys.executable, "-m", "fedward", "simulate", *args], cwd=PROJECT_ROOT,
+                            env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("dp", [True, False], ids=["dp", "no-dp"])
+def test_heart_disease_natural_split_beats_majority_at_every_hospital(data_dir: Path, tmp_path: Path, dp: bool):
+    heart = data_dir / "heart_disease_uci"
+    out = tmp_path / "run"
+    simulate("--data", str(heart), "--hospitals", "4", "--partition", "natural", "--rounds", "3",
+             "--epsilon", "3", "--out", str(out), *([] if dp else ["--no-dp"]))
+    card = assert_run_directory(out, rounds=3)
+    assert set(card["hospitals"]) == {"cleveland", "hungarian", "switzerland", "va"}
+    config = RunConfig(data_path=str(heart), partition="natural")
+    gains = []
+    for index in range(4):
+        hospital = hospital_data(config, {"partition-id": index, "num-partitions": 4})
+        baseline = majority_baseline(hospital.train.y, hospital.test.y)
+        accuracy = card["hospitals"][hospital.name]["final_test_metrics"]["accuracy"]
+        # Switzerland's 12 held-out patients all have the disease: 1.0 can only be matched.
+        assert accuracy >= baseline, (hospital.name, accuracy, baseline)
+        gains.append(accuracy - baseline)
+    assert np.mean(gains) > 0.1
+    if dp:
+        assert all(0 < h["epsilon_spent"] <= 3.0 + 1e-2 for h in card["hospitals"].values())
+
+
+def test_cumulative_epsilon_equals_one_accountant_over_all_steps(tmp_path: Path):
+    out = tmp_path / "run"
+    simulate("--hospitals", "2", "--rounds", "3", "--epsilon", "1", "--out", str(out))
+    rows = [r for r in read_metrics(out) if r["split"] == "train" and r["hospital"] != "all"]
+    for hospital in {r["hospital"] for r in rows}:
+        mine = sorted((r for r in rows if r["hospital"] == hospital), key=lambda r: r["round"])
+        assert len(mine) == 3
+        q = 1 / batches_per_epoch(mine[0]["num_examples"], 32)
+        for upto in range(1, 4):
+            reference = RDPAccountant()
+            reference.history = [(mine[0]["noise_multiplier"], q, sum(r["steps"] for r in mine[:upto]))]
+            assert mine[upto - 1]["epsilon"] == pytest.approx(reference.get_epsilon(1e-5), abs=1e-6)
+        assert mine[0]["epsilon"] < mine[1]["epsilon"] < mine[2]["epsilon"] <= 1.0 + 1e-2
+
+
+def test_image_cnn_on_pneumoniamnist_subset(data_dir: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    simulate("--task", "image-cnn", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),
+             "--hospitals", "2", "--partition", "dirichlet:1.0", "--rounds", "2", "--max-samples", "400",
+             "--out", str(out))
+    card = assert_run_directory(out, rounds=2)
+    central = card["final_metrics"]["central_evaluation"]
+    assert central["num_examples"] == 400 and 0 <= central["auroc"] <= 1
+    weights = torch.load(out / "final_model.pt")
+    model = get_task("image-cnn").build_model((1, 28, 28), 2, RunConfig(task="image-cnn"))
+    model.load_state_dict(weights)  # strict: no `_module.` keys
+
+
+def test_sequence_rnn_on_mitbih_records(mitbih_subset: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    simulate("--task", "sequence-rnn", "--data", str(mitbih_subset), "--hospitals", "2",
+             "--partition", "natural", "--rounds", "2", "--max-samples", "600", "--model", "gru",
+             "--out", str(out))
+    card = assert_run_directory(out, rounds=2)
+    assert card["config"]["model"] == "gru"
+    assert all(r["macro_f1"] is not None for r in read_metrics(out) if r["split"] == "evaluate")
+
+
+def test_image_gan_writes_samples_and_tstr(data_dir: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    simulate("--task", "image-gan", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),
+             "--hospitals", "2", "--rounds", "2", "--max-samples", "300", "--epsilon", "10",
+             "--out", str(out))
+    card = assert_run_directory(out, rounds=2)
+    final = card["final_metrics"]
+    assert 0 <= final["tstr-accuracy"] <= 1 and 0 <= final["trtr-accuracy"] <= 1
+    assert (out / "samples.png").stat().st_size > 500
+    keys = set(torch.load(out / "final_model.pt"))
+    assert any(k.startswith("generator.") for k in keys) and any(k.startswith("discriminator.") for k in keys)
+    assert all(0 < h["epsilon_spent"] <= 10.01 for h in card["hospitals"].values())
