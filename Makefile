@@ -7,6 +7,8 @@ export FEDWARD_DATA_DIR ?= $(abspath ../shared/data)
 export HF_DATASETS_OFFLINE := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
+# Flower's CLI starts flower-superlink & co. by name: the venv's bin goes first.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: venv simulate test test-fast clean
 

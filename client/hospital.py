@@ -23,7 +23,6 @@ from common.tasks import get_task, load_data
 @dataclass(frozen=True)
 class HospitalData:
     name: str
-    index: int
     train: Samples
     test: Samples
     num_classes: int
@@ -35,7 +34,6 @@ def hospital_data(config: RunConfig, node_config: Mapping[str, object]) -> Hospi
         path = str(node_config["data-path"])
         data = load_data(config, path)
         samples = data.train
-        index = int(node_config.get("hospital-index", 0))  # type: ignore[arg-type]
         name = str(node_config.get("hospital", Path(path).stem))
     elif "partition-id" in node_config:
         data = load_data(config)
@@ -52,7 +50,7 @@ def hospital_data(config: RunConfig, node_config: Mapping[str, object]) -> Hospi
     train, test = local_split(samples, config.test_fraction, config.seed)
     if get_task(config.task).standardize:
         train, test = standardize(train, test)
-    return HospitalData(name, index, train, test, data.num_classes, data.input_shape)
+    return HospitalData(name, train, test, data.num_classes, data.input_shape)
 
 
 def _partition_name(samples: Samples, index: int) -> str:

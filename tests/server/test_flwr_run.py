@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,13 +45,14 @@ def test_flwr_run_on_a_local_simulation_federation(tmp_path: Path):
         "options.num-supernodes = 2\n"
     )
     control = free_port()
+    bin_dir = Path(sys.executable).parent  # flwr starts flower-superlink from PATH
     env = {
-        **os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        **os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
         "FLWR_LOCAL_CONTROL_API_PORT": str(control), "HF_DATASETS_OFFLINE": "1",
     }
     out = tmp_path / "run"
-    flwr = Path(os.sys.executable).parent / "flwr"
+    flwr = bin_dir / "flwr"
     try:
         result = subprocess.run(
             [str(flwr), "run", ".", "local", "--stream", "--run-config",
