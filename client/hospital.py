@@ -16,7 +16,6 @@ import numpy as np
 from common.config import RunConfig
 from common.data import Samples, local_split, standardize
 from common.errors import ConfigError
-from common.partition import partition_index
 from common.tasks import get_task, load_data
 
 
@@ -36,6 +35,8 @@ def hospital_data(config: RunConfig, node_config: Mapping[str, object]) -> Hospi
         samples = data.train
         name = str(node_config.get("hospital", Path(path).stem))
     elif "partition-id" in node_config:
+        from common.partition import partition_index  # simulation only: `datasets` is heavy
+
         data = load_data(config)
         index = int(node_config["partition-id"])  # type: ignore[arg-type]
         count = int(node_config["num-partitions"])  # type: ignore[arg-type]

@@ -45,6 +45,35 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", help="run directory (default: runs/<time>-<task>)")
     sim.add_argument("--cpus-per-hospital", type=float, default=2.0)
     sim.add_argument("--gpus-per-hospital", type=float, default=0.0)
+
+    certs = commands.add_parser("certs", help="create the consortium CA, server certificate, hospital keys")
+    which = certs.add_subparsers(dest="certs_command", required=True)
+    init = which.add_parser("init", help="a CA and the SuperLink's TLS certificate")
+    init.add_argument("--out", required=True, type=Path)
+    init.add_argument("--server-name", required=True, help="the host name hospitals connect to")
+    init.add_argument("--san", action="append", default=[], help="another DNS name or IP of the server")
+    init.add_argument("--days", type=int, default=365)
+    hosp = which.add_parser("hospital", help="a hospital SuperNode's key pair (EC, OpenSSH format)")
+    hosp.add_argument("name")
+    hosp.add_argument("--out", required=True, type=Path)
+
+    link = commands.add_parser("superlink", help="check the certificates, then start flower-superlink")
+    link.add_argument("--certs", required=True, type=Path, help="folder from `fedward certs init`")
+    link.add_argument("--database", required=True, type=Path)
+    link.add_argument("--host", default="0.0.0.0")
+    link.add_argument("--port", type=int, default=9092)
+    link.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+
+    node = commands.add_parser("supernode", help="check key, CA and data, then start flower-supernode")
+    node.add_argument("--superlink", required=True, help="HOST:PORT of the consortium's SuperLink")
+    node.add_argument("--ca", required=True, type=Path, help="the consortium's ca.crt")
+    node.add_argument("--key", required=True, type=Path, help="this hospital's private key")
+    node.add_argument("--data", required=True, type=Path, help="this hospital's data path")
+    node.add_argument("--hospital", required=True, help="this hospital's name in reports")
+    node.add_argument("--port", type=int, default=9094, help="local port of the node's runtime API")
+    node.add_argument("--node-config", default="", help="more node config, e.g. 'epsilon-budget=8'")
+    node.add_argument("--max-retries", type=int, help="give up after this many failed connection attempts")
+    node.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     return parser
 
 
@@ -105,6 +134,37 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def certs(args: argparse.Namespace) -> int:
+    from deploy.certs import hospital_keys, init_ca_and_server
+
+    if args.certs_command == "init":
+        paths = init_ca_and_server(args.out, args.server_name, args.san, args.days)
+        print(f"CA: {paths.ca_cert} (give to every hospital); key {paths.ca_key} (keep offline)")
+        print(f"SuperLink: {paths.server_cert}, {paths.server_key}")
+    else:
+        private, public = hospital_keys(args.out, args.name)
+        print(f"hospital {args.name}: private key {private} (stays at the hospital, mode 0600)")
+        print(f"public key {public}: the operator registers it with `flwr supernode register`")
+    return 0
+
+
+def launch(args: argparse.Namespace) -> int:
+    from fedward.launch import describe, superlink_command, supernode_command
+
+    if args.command == "superlink":
+        command = superlink_command(args.certs, args.database, args.host, args.port)
+    else:
+        command = supernode_command(args.superlink, args.ca, args.key, args.data, args.hospital,
+                                    args.port, args.node_config)
+        if args.max_retries is not None:
+            command += ["--max-retries", str(args.max_retries)]
+    if args.dry_run:
+        print(describe(command))
+        return 0
+    os.execv(command[0], command)
+    return 1  # not reached
+
+
 def print_summary(card: dict, out_dir: Path) -> None:
     final = card["final_metrics"]
     fed = final.get("federated_evaluation") or {}
@@ -132,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return simulate(args)
+        if args.command == "certs":
+            return certs(args)
+        if args.command in ("superlink", "supernode"):
+            return launch(args)
     except FedwardError as err:
         print(f"fedward: error: {err}", file=sys.stderr)
         return 2

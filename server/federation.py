@@ -7,6 +7,7 @@ can screen replies, write per-hospital records and a checkpoint.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     central = data if data is not None and data.test is not None else None
     device = pick_device()
     for server_round in range(1, config.num_server_rounds + 1):
+        _wait_for_hospitals(grid, config)  # Flower's node sampling would wait forever
         start = time.perf_counter()
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(config.to_mapping()), grid)
         replies = list(grid.send_and_receive(messages, timeout=config.round_timeout))
@@ -51,6 +53,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
             arrays = aggregated
         recorder.aggregate(server_round, "train", metrics and dict(metrics), time.perf_counter() - start)
 
+        _wait_for_hospitals(grid, config)
         start = time.perf_counter()
         messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(config.to_mapping()), grid)
         replies = list(grid.send_and_receive(messages, timeout=config.round_timeout))
@@ -80,13 +83,18 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
 
 
 def _data_spec(grid: Grid, config: RunConfig) -> tuple[TaskData | None, tuple[int, ...], int]:
-    """Shape and classes from the data when the server can read it, else from a hospital."""
-    try:
-        data = load_data(config)
-        return data, data.input_shape, data.num_classes
-    except DataError:
-        if Path(config.data_path).exists() or config.data_path.startswith("builtin:"):
-            raise
+    """Shape and classes from the data when the server can read it, else from a hospital.
+
+    In deployment the run's data-path is empty (each hospital names its own data in
+    node config) or a path the server cannot see.
+    """
+    if config.data_path:
+        try:
+            data = load_data(config)
+            return data, data.input_shape, data.num_classes
+        except DataError:
+            if os.path.exists(config.data_path) or config.data_path.startswith("builtin:"):
+                raise
     node = _first_node(grid, config)
     query = Message(content=RecordDict({"config": ConfigRecord(config.to_mapping())}),
                     message_type="query", dst_node_id=node)
@@ -100,11 +108,21 @@ def _data_spec(grid: Grid, config: RunConfig) -> tuple[TaskData | None, tuple[in
 
 
 def _first_node(grid: Grid, config: RunConfig) -> int:
+    return _wait_for_hospitals(grid, config, needed=1)[0]
+
+
+def _wait_for_hospitals(grid: Grid, config: RunConfig, needed: int | None = None) -> list[int]:
+    """Connected node ids once `min-hospitals` are there; an error after round-timeout."""
+    needed = config.min_hospitals if needed is None else needed
     deadline = time.monotonic() + config.round_timeout
-    while time.monotonic() < deadline:
+    while True:
         nodes = list(grid.get_node_ids())
-        if nodes:
-            return nodes[0]
+        if len(nodes) >= needed:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FedwardError(
+                f"only {len(nodes)} of min-hospitals={needed} hospitals connected within "
+                f"round-timeout={config.round_timeout:g} s; the run stops here (checkpoints kept)"
+            )
         time.sleep(1)
-    raise FedwardError(f"no hospital connected within round-timeout={config.round_timeout:g} s")
 

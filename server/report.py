@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from common.config import RunConfig  # noqa: E402
 
@@ -54,11 +55,13 @@ def model_card(
     for name in names:
         train = _last(rows, name, "train")
         evaluation = _last(rows, name, "evaluate")
+        trained = sorted({r["round"] for r in rows if r["hospital"] == name and r["split"] == "train"})
         hospitals[name] = {
             "train_samples": train and train["num_examples"],
             "test_samples": evaluation and evaluation["num_examples"],
             "epsilon_spent": train and train["epsilon"],
-            "rounds_trained": sorted({r["round"] for r in rows if r["hospital"] == name and r["split"] == "train"}),
+            "rounds_trained": trained,
+            "rounds_missed": [r for r in range(1, config.num_server_rounds + 1) if r not in trained],
             "final_test_metrics": evaluation and {k: evaluation[k] for k in ("loss", "accuracy", "auroc", "macro_f1")},
         }
     final = {split: _last(rows, who, split) for who, split in (("all", "evaluate"), ("server", "central"))}
@@ -111,6 +114,7 @@ def write_report_png(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
     left.set(title="Test accuracy", xlabel="round", ylabel="accuracy")
     right.set(title="Epsilon spent (cumulative)", xlabel="round", ylabel="epsilon")
     for axis in (left, right):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         if axis.lines:
             axis.legend(fontsize=7)

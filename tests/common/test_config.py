@@ -46,3 +46,14 @@ def test_no_dp_run_ignores_the_epsilon_value():
 def test_strategy_injected_keys_are_accepted():
     config = RunConfig.from_mapping({"server-round": 3, "proximal-mu": 0.5})
     assert config.proximal_mu == 0.5
+
+
+def test_pyproject_declares_every_run_config_key_with_its_default():
+    import tomllib
+
+    from tests.conftest import PROJECT_ROOT
+
+    declared = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    defaults = RunConfig().to_mapping()
+    assert set(declared) == set(defaults)  # flwr run refuses --run-config keys not declared
+    assert RunConfig.from_mapping(declared) == RunConfig(out_dir=declared["out-dir"])

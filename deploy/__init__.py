@@ -1,0 +1,1 @@
+"""Deployment: certificates and keys (cryptography), Dockerfiles, runbooks."""

@@ -1,0 +1,60 @@
+"""Command lines for Flower's SuperLink and SuperNode, checked before they start.
+
+Each check names the bad file (missing, unreadable, expired, wrong key type,
+absent data) so nothing connects with a broken set-up. `exec` then replaces this
+process with Flower's own command, so signals and exit codes are Flower's.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+from common.errors import FedwardError
+from deploy.certs import cert_paths, check_node_key, check_tls_files
+
+
+def superlink_command(certs: Path, database: Path, host: str, port: int) -> list[str]:
+    paths = cert_paths(certs)
+    check_tls_files(paths.ca_cert, paths.server_cert, paths.server_key)
+    if not database.parent.is_dir():
+        raise FedwardError(f"--database {database}: folder {database.parent} does not exist")
+    return [
+        _binary("flower-superlink"),
+        "--ssl-ca-certfile", str(paths.ca_cert), "--ssl-certfile", str(paths.server_cert),
+        "--ssl-keyfile", str(paths.server_key), "--enable-supernode-auth",
+        "--database", str(database), "--host", host, "--port", str(port),
+        "--disable-runtime-dependency-installation",
+    ]
+
+
+def supernode_command(
+    superlink: str, ca_cert: Path, key: Path, data_path: Path, hospital: str, port: int,
+    extra_node_config: str = "",
+) -> list[str]:
+    check_tls_files(ca_cert)
+    check_node_key(key)
+    if not data_path.exists():
+        raise FedwardError(f"--data {data_path} does not exist on this machine; pass the hospital's data path")
+    if not os.access(data_path, os.R_OK):
+        raise FedwardError(f"--data {data_path} is not readable by this user")
+    node_config = f'data-path="{data_path}" hospital="{hospital}" {extra_node_config}'.strip()
+    return [
+        _binary("flower-supernode"),
+        "--superlink", superlink, "--root-certificates", str(ca_cert),
+        "--auth-supernode-private-key", str(key), "--port", str(port),
+        "--node-config", node_config,
+    ]
+
+
+def describe(command: list[str]) -> str:
+    return " ".join(shlex.quote(part) for part in command)
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise FedwardError(f"{name} is not on PATH; install fedward (pip install -e .) in this environment")
+    return found

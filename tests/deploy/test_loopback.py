@@ -1,0 +1,129 @@
+"""The same app across real processes on loopback: TLS, node authentication, dropouts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.hospital import hospital_data
+from common.config import RunConfig
+from common.metrics import majority_baseline
+from tests.deploy.loopback import BIN, LoopbackFederation, free_port
+
+pytestmark = pytest.mark.slow
+HOSPITALS = ("cleveland", "hungarian", "va")
+
+
+@pytest.fixture
+def federation(tmp_path: Path):
+    fed = LoopbackFederation(tmp_path)
+    try:
+        yield fed
+    finally:
+        fed.stop_all()
+
+
+def start_three(fed: LoopbackFederation, data_dir: Path) -> None:
+    fed.make_certs(*HOSPITALS)
+    fed.start_superlink()
+    for name in HOSPITALS:
+        fed.register(name)
+        fed.start_node(name, data_dir / "heart_disease_uci" / f"processed.{name}.data")
+    fed.wait_online(3)
+
+
+def finish(fed: LoopbackFederation, process: subprocess.Popen, timeout: float) -> None:
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("run did not finish in time:\n" + fed.log("run")[-4000:]) from None
+    assert process.returncode == 0, fed.log("run")[-4000:]
+
+
+def test_three_hospitals_over_tls_with_node_auth(federation: LoopbackFederation, data_dir: Path, tmp_path: Path):
+    start_three(federation, data_dir)
+    out = tmp_path / "run"
+    run = federation.run(f'data-path="" num-server-rounds=3 epsilon=3.0 min-hospitals=3 '
+                         f'round-timeout=300 out-dir="{out}"')
+    finish(federation, run, timeout=600)
+    card = json.loads((out / "model_card.json").read_text())
+    assert set(card["hospitals"]) == set(HOSPITALS)
+    for name, info in card["hospitals"].items():
+        assert info["rounds_trained"] == [1, 2, 3] and 0 < info["epsilon_spent"] <= 3.01, name
+    # The global model beats always predicting each hospital's majority class.
+    baselines, sizes = [], []
+    for name in HOSPITALS:
+        path = data_dir / "heart_disease_uci" / f"processed.{name}.data"
+        hospital = hospital_data(RunConfig(), {"data-path": str(path)})
+        baselines.append(majority_baseline(hospital.train.y, hospital.test.y))
+        sizes.append(len(hospital.test))
+    federated = card["final_metrics"]["federated_evaluation"]
+    assert federated["accuracy"] > np.average(baselines, weights=sizes) + 0.05
+    assert "run finished" in federation.log("run")
+
+
+def test_unregistered_key_and_wrong_ca_are_refused(federation: LoopbackFederation, data_dir: Path, tmp_path: Path):
+    federation.make_certs("cleveland", "intruder")
+    federation.start_superlink()
+    federation.register("cleveland")
+    data = data_dir / "heart_disease_uci" / "processed.cleveland.data"
+
+    intruder = federation.start_node("intruder", data)
+    assert intruder.wait(timeout=90) != 0
+    assert "Exit Code: 305" in federation.log("node-intruder")  # Failed to activate SuperNode
+
+    other = LoopbackFederation(tmp_path / "other")
+    other.make_certs()
+    node = federation.start("node-wrong-ca", "supernode", "--superlink", f"127.0.0.1:{federation.port}",
+                            "--ca", str(other.certs / "ca.crt"), "--key", str(federation.keys / "cleveland"),
+                            "--data", str(data), "--hospital", "cleveland", "--port", str(free_port()),
+                            "--max-retries", "1")
+    assert node.wait(timeout=120) != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in federation.log("node-wrong-ca")
+    assert federation.online_nodes() == 0
+
+
+def test_plaintext_client_is_refused(federation: LoopbackFederation, data_dir: Path):
+    federation.make_certs("cleveland")
+    federation.start_superlink()
+    federation.register("cleveland")
+    base = [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{federation.port}",
+            "--port", str(free_port()), "--node-config", f'data-path="{data_dir}"']
+    # With its key, Flower itself refuses to authenticate over plaintext (exit 303).
+    with_key = subprocess.run([*base, "--auth-supernode-private-key", str(federation.keys / "cleveland")],
+                              env=federation.env, capture_output=True, text=True, timeout=120)
+    assert with_key.returncode != 0 and "Exit Code: 303" in with_key.stdout + with_key.stderr
+    # Without a key, the TLS-only SuperLink never lets it in: it keeps failing to connect.
+    node = subprocess.Popen(base, env=federation.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        time.sleep(20)
+        assert federation.online_nodes() == 0
+    finally:
+        os.killpg(node.pid, signal.SIGKILL)
+    output = node.communicate(timeout=10)[0]
+    assert "Connection attempt failed" in output and "SuperNode ID" not in output, output[-2000:]
+
+
+def test_a_hospital_killed_mid_run_does_not_stop_the_run(federation: LoopbackFederation, data_dir: Path, tmp_path: Path):
+    start_three(federation, data_dir)
+    out = tmp_path / "run"
+    run = federation.run(f'data-path="" num-server-rounds=3 min-hospitals=2 round-timeout=40 '
+                         f'out-dir="{out}"')
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints" / "round-0001.pkl").exists():  # round 1 done by all three
+        assert time.monotonic() < deadline and run.poll() is None, federation.log("run")[-3000:]
+        time.sleep(1)
+    federation.stop("node-va")
+    finish(federation, run, timeout=600)
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["hospitals"]["va"]["rounds_trained"] == [1]
+    assert card["hospitals"]["va"]["rounds_missed"] == [2, 3]
+    assert card["hospitals"]["cleveland"]["rounds_trained"] == [1, 2, 3]
