@@ -115,7 +115,7 @@ def test_plaintext_client_is_refused(federation: LoopbackFederation, data_dir: P
 def test_a_hospital_killed_mid_run_does_not_stop_the_run(federation: LoopbackFederation, data_dir: Path, tmp_path: Path):
     start_three(federation, data_dir)
     out = tmp_path / "run"
-    run = federation.run(f'data-path="" num-server-rounds=3 min-hospitals=2 round-timeout=40 '
+    run = federation.run(f'data-path="" num-server-rounds=2 min-hospitals=2 round-timeout=40 '
                          f'out-dir="{out}"')
     deadline = time.monotonic() + 300
     while not (out / "checkpoints" / "round-0001.pkl").exists():  # round 1 done by all three
@@ -125,5 +125,5 @@ def test_a_hospital_killed_mid_run_does_not_stop_the_run(federation: LoopbackFed
     finish(federation, run, timeout=600)
     card = json.loads((out / "model_card.json").read_text())
     assert card["hospitals"]["va"]["rounds_trained"] == [1]
-    assert card["hospitals"]["va"]["rounds_missed"] == [2, 3]
-    assert card["hospitals"]["cleveland"]["rounds_trained"] == [1, 2, 3]
+    assert card["hospitals"]["va"]["rounds_missed"] == [2]
+    assert card["hospitals"]["cleveland"]["rounds_trained"] == [1, 2]

@@ -1,0 +1,81 @@
+"""Round overhead of a real deployment on loopback: one JSON line per round.
+
+    .venv/bin/python benchmarks/deploy_round_overhead.py [--rounds 3]
+
+Three heart-disease hospitals, TLS and node auth, the tabular task with DP.
+Per round: overhead = (train phase wall time - slowest hospital's training) +
+(evaluate phase wall time - slowest hospital's evaluation), from the run's
+metrics.jsonl. A last line gives the cost of starting one ClientApp process's
+imports (python -c 'import client.app'), which Flower pays per message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.deploy.loopback import LoopbackFederation  # noqa: E402
+
+DATA = Path(os.environ.get("FEDWARD_DATA_DIR", ROOT.parent / "shared" / "data"))
+HOSPITALS = ("cleveland", "hungarian", "va")
+
+
+def overheads(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    out = []
+    for server_round in sorted({r["round"] for r in rows}):
+        mine = [r for r in rows if r["round"] == server_round]
+        phases = {}
+        for split in ("train", "evaluate"):
+            wall = next(r["seconds"] for r in mine if r["hospital"] == "all" and r["split"] == split)
+            work = max(r["seconds"] for r in mine if r["hospital"] not in ("all", "server") and r["split"] == split)
+            phases[split] = (wall, work)
+        out.append({
+            "measure": "deploy_round_overhead", "round": server_round,
+            "round_wall_s": round(sum(w for w, _ in phases.values()), 2),
+            "slowest_hospital_work_s": round(sum(k for _, k in phases.values()), 3),
+            "overhead_s": round(sum(w - k for w, k in phases.values()), 2),
+        })
+    return out
+
+
+def import_cost() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import client.app"], cwd=ROOT, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        fed = LoopbackFederation(Path(tmp))
+        try:
+            fed.make_certs(*HOSPITALS)
+            fed.start_superlink()
+            for name in HOSPITALS:
+                fed.register(name)
+                fed.start_node(name, DATA / "heart_disease_uci" / f"processed.{name}.data")
+            fed.wait_online(len(HOSPITALS))
+            out = Path(tmp) / "run"
+            run = fed.run(f'data-path="" num-server-rounds={args.rounds} min-hospitals=3 out-dir="{out}"')
+            run.wait(timeout=1800)
+            for line in overheads(out):
+                print(json.dumps(line), flush=True)
+        finally:
+            fed.stop_all()
+    print(json.dumps({"measure": "clientapp_import_s", "seconds": round(import_cost(), 2)}))
+
+
+if __name__ == "__main__":
+    main()
