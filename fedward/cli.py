@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--port", type=int, default=9094, help="local port of the node's runtime API")
     node.add_argument("--node-config", default="", help="more node config, e.g. 'epsilon-budget=8'")
     node.add_argument("--max-retries", type=int, help="give up after this many failed connection attempts")
+    node.add_argument("--cold", action="store_true",
+                      help="Flower's stock executor: a fresh process (re-importing torch) per message")
     node.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     return parser
 
@@ -149,7 +151,7 @@ def certs(args: argparse.Namespace) -> int:
 
 
 def launch(args: argparse.Namespace) -> int:
-    from fedward.launch import describe, superlink_command, supernode_command
+    from fedward.launch import describe, run_warm_supernode, superlink_command, supernode_command
 
     if args.command == "superlink":
         command = superlink_command(args.certs, args.database, args.host, args.port)
@@ -161,6 +163,8 @@ def launch(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe(command))
         return 0
+    if args.command == "supernode" and not args.cold:
+        return run_warm_supernode(command, args.port)
     os.execv(command[0], command)
     return 1  # not reached
 

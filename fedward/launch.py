@@ -58,3 +58,33 @@ def _binary(name: str) -> str:
     if found is None:
         raise FedwardError(f"{name} is not on PATH; install fedward (pip install -e .) in this environment")
     return found
+
+
+def run_warm_supernode(command: list[str], runtime_port: int) -> int:
+    """Run the SuperNode with `--isolation process` beside fedward's warm executor.
+
+    Both are children of this process; it forwards SIGTERM/SIGINT, and when the
+    SuperNode ends, stops the executor and returns the SuperNode's exit code.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    node = subprocess.Popen([*command, "--isolation", "process"])
+    executor = subprocess.Popen([
+        sys.executable, "-m", "client.warm_executor",
+        "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--parent-pid", str(node.pid),
+    ])
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in (node, executor):
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = node.wait()
+    if executor.poll() is None:
+        executor.terminate()
+        executor.wait(timeout=30)
+    return code

@@ -86,11 +86,12 @@ class LoopbackFederation:
         result = self.flwr("supernode", "register", str(self.keys / f"{name}.pub"), "fed")
         assert result.returncode == 0, result.stdout + result.stderr
 
-    def start_node(self, name: str, data: Path, key: Path | None = None, ca: Path | None = None) -> subprocess.Popen:
+    def start_node(self, name: str, data: Path, cold: bool = False) -> subprocess.Popen:
         return self.start(
             f"node-{name}", "supernode", "--superlink", f"127.0.0.1:{self.port}",
-            "--ca", str(ca or self.certs / "ca.crt"), "--key", str(key or self.keys / name),
+            "--ca", str(self.certs / "ca.crt"), "--key", str(self.keys / name),
             "--data", str(data), "--hospital", name, "--port", str(free_port()),
+            *(["--cold"] if cold else []),
         )
 
     def online_nodes(self) -> int:
