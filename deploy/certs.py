@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -111,7 +112,7 @@ def check_tls_files(ca_cert: Path, server_cert: Path | None = None, server_key: 
             raise FedwardError(f"{server_key} is not the key of {server_cert}; pass the matching pair")
     try:
         cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, Exception) as err:  # InvalidSignature has no common base
+    except (ValueError, TypeError, InvalidSignature) as err:
         raise FedwardError(f"{server_cert} was not issued by {ca_cert} ({err}); use the consortium CA") from err
 
 
@@ -143,7 +144,7 @@ def _load_private_key(path: Path, openssh: bool = False):  # type: ignore[no-unt
         if openssh:
             return serialization.load_ssh_private_key(data, password=None)
         return serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, Exception) as err:  # UnsupportedAlgorithm is not a ValueError
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
         form = "OpenSSH" if openssh else "PEM"
         raise FedwardError(f"{path}: not an unencrypted {form} private key ({err})") from err
 

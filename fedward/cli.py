@@ -107,10 +107,8 @@ def check_before_start(config: RunConfig, hospitals: int) -> None:
     from common.tasks import get_task, load_data
 
     config.validate()
-    task = get_task(config.task)
-    if config.model:
-        task.build_model((1, 28, 28) if "image" in config.task else (1, 1), 2, config)
     data = load_data(config)
+    get_task(config.task).build_model(data.input_shape, data.num_classes, config)  # e.g. --model
     for hospital in range(hospitals):
         partition_index(data.train, config.partition_spec, hospitals, hospital, config.seed)
     if (Path(config.out_dir) / "metrics.jsonl").exists():
