@@ -61,7 +61,8 @@ def _binary(name: str) -> str:
 
 
 def run_warm_supernode(command: list[str], runtime_port: int) -> int:
-    """Run the SuperNode with `--isolation process` beside fedward's warm executor.
+    """Run the SuperNode (idle waits capped) with `--isolation process` beside
+    fedward's warm executor.
 
     Both are children of this process; it forwards SIGTERM/SIGINT, and when the
     SuperNode ends, stops the executor and returns the SuperNode's exit code.
@@ -70,7 +71,7 @@ def run_warm_supernode(command: list[str], runtime_port: int) -> int:
     import subprocess
     import sys
 
-    node = subprocess.Popen([*command, "--isolation", "process"])
+    node = subprocess.Popen([sys.executable, "-m", "client.fast_supernode", *command[1:], "--isolation", "process"])
     executor = subprocess.Popen([
         sys.executable, "-m", "client.warm_executor",
         "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--parent-pid", str(node.pid),

@@ -21,6 +21,7 @@ from common.device import pick_device
 from common.errors import DataError, FedwardError
 from common.serialization import load_arrays, to_arrays
 from common.tasks import get_task, load_data
+from server.exchange import send_and_receive
 from server.records import RunRecorder, save_checkpoint, save_final_model
 from server.report import model_card, write_model_card, write_report_png
 from server.screening import screen
@@ -44,7 +45,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         _wait_for_hospitals(grid, config)  # Flower's node sampling would wait forever
         start = time.perf_counter()
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(config.to_mapping()), grid)
-        replies = list(grid.send_and_receive(messages, timeout=config.round_timeout))
+        replies = send_and_receive(grid, messages, config.round_timeout)
         accepted, rejected = screen(replies, arrays, train=True)
         recorder.reject(server_round, "train", rejected)
         recorder.hospitals(server_round, "train", accepted)
@@ -56,7 +57,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         _wait_for_hospitals(grid, config)
         start = time.perf_counter()
         messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(config.to_mapping()), grid)
-        replies = list(grid.send_and_receive(messages, timeout=config.round_timeout))
+        replies = send_and_receive(grid, messages, config.round_timeout)
         accepted, rejected = screen(replies, arrays, train=False)
         recorder.reject(server_round, "evaluate", rejected)
         recorder.hospitals(server_round, "evaluate", accepted)
@@ -98,7 +99,7 @@ def _data_spec(grid: Grid, config: RunConfig) -> tuple[TaskData | None, tuple[in
     node = _first_node(grid, config)
     query = Message(content=RecordDict({"config": ConfigRecord(config.to_mapping())}),
                     message_type="query", dst_node_id=node)
-    replies = list(grid.send_and_receive([query], timeout=config.round_timeout))
+    replies = send_and_receive(grid, [query], config.round_timeout)
     if not replies or replies[0].has_error():
         reason = replies[0].error.reason if replies else "no reply"
         raise FedwardError(f"could not learn the data shape from hospital node {node}: {reason}")
