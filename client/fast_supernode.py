@@ -17,6 +17,8 @@ from types import SimpleNamespace
 from flwr.supernode import start_client_internal
 from flwr.supernode.cli import flower_supernode
 
+from common.flower_latency import tighten_object_pull_backoff
+
 IDLE_WAIT_S = 0.2
 
 
@@ -27,6 +29,7 @@ def capped_time(limit: float = IDLE_WAIT_S) -> SimpleNamespace:
 
 def main() -> None:
     start_client_internal.time = capped_time()  # type: ignore[assignment]
+    tighten_object_pull_backoff()
     sys.argv[0] = "flower-supernode"
     sys.exit(flower_supernode())
 

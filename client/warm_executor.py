@@ -28,6 +28,8 @@ from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExec
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
 from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+from common.flower_latency import tighten_object_pull_backoff
+
 POLL_INTERVAL_S = "0.1"  # Flower's default of 1 s is felt twice per round
 
 
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", POLL_INTERVAL_S)
     import client.app  # noqa: F401 - the warm-up: torch, Opacus, tasks
+
+    tighten_object_pull_backoff()  # forked ClientApps inherit it
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # finished ClientApps are reaped by the kernel
 
