@@ -14,11 +14,13 @@ import zlib
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.hospital import HospitalData, hospital_data
-from client.privacy_state import load_dp_state, save_dp_state
+from client.hospital import HospitalData, hospital_data, node_settings
+from client.node_privacy import node_privacy
+from client.privacy_state import RunAccount
 from common.calibration import prior_corrected
 from common.config import RunConfig
 from common.device import pick_device
+from common.ledger import BudgetExceeded, DatasetLine
 from common.serialization import load_arrays, to_arrays
 from common.tasks import get_task, resolve
 
@@ -27,14 +29,34 @@ app = ClientApp()
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData]:
     config = resolve(RunConfig.from_mapping(dict(msg.content["config"])))
-    return config, hospital_data(config, context.node_config)
+    return config, hospital_data(config, node_settings(context.node_config))
 
 
-def _reply(msg: Message, hospital: HospitalData, metrics: dict, arrays=None) -> Message:  # type: ignore[no-untyped-def]
+def _reply(msg: Message, hospital: HospitalData, metrics: dict, arrays=None, refusal: str = "") -> Message:  # type: ignore[no-untyped-def]
     content = RecordDict({"metrics": MetricRecord(metrics), "hospital": ConfigRecord({"name": hospital.name})})
     if arrays is not None:
         content["arrays"] = arrays
+    if refusal:
+        reason, _, detail = refusal.partition(": ")
+        content["refusal"] = ConfigRecord({"reason": reason, "detail": detail})
     return Message(content=content, reply_to=msg)
+
+
+def _account(msg: Message, context: Context, config: RunConfig, hospital: HospitalData) -> RunAccount:
+    """The run's DP account: the hospital's ledger line, or the node's context without one."""
+    privacy = node_privacy(node_settings(context.node_config))
+    delta = privacy.delta_for(len(hospital.train), config.delta)
+    line = DatasetLine(hospital.fingerprint, hospital.name, privacy.budget, delta)
+    run_id = str(msg.content["config"].get("fedward-run-id", f"flwr-{msg.metadata.run_id}"))
+    return RunAccount(context, config, privacy, line, run_id, len(hospital.train))
+
+
+def _no_dp(context: Context) -> None:
+    """A run without DP; a hospital that keeps a privacy ledger refuses it before training."""
+    if node_privacy(node_settings(context.node_config)).requires_dp:
+        raise BudgetExceeded(
+            "dp-required: this hospital keeps a privacy ledger and trains only with DP; the run has dp=false"
+        )
 
 
 @app.train()
@@ -43,23 +65,36 @@ def train(msg: Message, context: Context) -> Message:
     task = get_task(config.task)
     model = task.build_model(hospital.input_shape, hospital.num_classes, config)
     load_arrays(model, msg.content["arrays"])
-    dp = load_dp_state(context, config, len(hospital.train)) if config.dp else None
     server_round = int(msg.content["config"].get("server-round", 0))
+    account = None
+    try:
+        account = _account(msg, context, config, hospital) if config.dp else _no_dp(context)
+        dp = account.reserve(server_round) if account else None
+    except BudgetExceeded as refusal:
+        if account:
+            account.close()
+        print(f"hospital {hospital.name} refused round {server_round}: {refusal}", flush=True)
+        return _reply(msg, hospital, {"num-examples": 0}, refusal=str(refusal))
     seed = config.seed * 100_003 + server_round * 1_009 + zlib.crc32(hospital.name.encode()) % 997
     start = time.perf_counter()
-    outcome = task.train(model, hospital.train, hospital.num_classes, config, dp, pick_device(), seed)
+    try:
+        outcome = task.train(model, hospital.train, hospital.num_classes, config, dp, pick_device(), seed)
+    except BaseException:
+        if account:
+            account.close()  # the reservation stays: the ledger over-counts, never under
+        raise
     seconds = time.perf_counter() - start
-    if dp is not None:
-        save_dp_state(context, dp)  # the history survives to the next round of this run
+    update = to_arrays(model)
+    epsilon = account.settle(update) if account else 0.0
     metrics = {
         "num-examples": outcome.num_examples,
         "train-loss": outcome.loss,
-        "epsilon": dp.epsilon if dp else 0.0,
+        "epsilon": epsilon,
         "noise-multiplier": dp.noise_multiplier if dp else 0.0,
         "steps": outcome.steps,
         "seconds": seconds,
     }
-    return _reply(msg, hospital, metrics, to_arrays(model))
+    return _reply(msg, hospital, metrics, update)
 
 
 @app.evaluate()

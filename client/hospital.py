@@ -7,6 +7,8 @@ and the run's data set is split with Flower Datasets partitioners.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,25 @@ import numpy as np
 from common.config import RunConfig
 from common.data import Samples, local_split, standardize
 from common.errors import ConfigError
+from common.fingerprint import fingerprint_path, fingerprint_text
 from common.tasks import get_task, load_data
+
+
+SIMULATED_NODE_CONFIG = "FEDWARD_SIM_NODE_CONFIG"
+
+
+def node_settings(node_config: Mapping[str, object]) -> dict[str, object]:
+    """The node config; a simulated hospital adds what `fedward simulate --node-config` set.
+
+    Flower's simulation engine gives virtual hospitals only partition-id and
+    num-partitions, so fedward passes the rest (what a real hospital would put in
+    --node-config, e.g. its privacy ledger) in an environment variable.
+    """
+    settings = dict(node_config)
+    if "partition-id" in settings and os.environ.get(SIMULATED_NODE_CONFIG):
+        extra = json.loads(os.environ[SIMULATED_NODE_CONFIG])
+        settings.update({k: v for k, v in extra.items() if k not in settings})
+    return settings
 
 
 @dataclass(frozen=True)
@@ -26,6 +46,7 @@ class HospitalData:
     test: Samples
     num_classes: int
     input_shape: tuple[int, ...]
+    fingerprint: str  # of the data this hospital trains on: its privacy-ledger line
 
 
 def hospital_data(config: RunConfig, node_config: Mapping[str, object]) -> HospitalData:
@@ -34,6 +55,7 @@ def hospital_data(config: RunConfig, node_config: Mapping[str, object]) -> Hospi
         data = load_data(config, path)
         samples = data.train
         name = str(node_config.get("hospital", Path(path).stem))
+        fingerprint = fingerprint_path(path)
     elif "partition-id" in node_config:
         from common.partition import partition_index  # simulation only: `datasets` is heavy
 
@@ -43,6 +65,10 @@ def hospital_data(config: RunConfig, node_config: Mapping[str, object]) -> Hospi
         part = partition_index(data.train, config.partition_spec, count, index, config.seed)
         samples = data.train.take(part)
         name = _partition_name(samples, index)
+        fingerprint = fingerprint_text(
+            fingerprint_path(config.data_path), config.partition, f"{index}/{count}",
+            config.seed, config.max_samples, config.test_fraction,
+        )
     else:
         raise ConfigError(
             "this node has no data: start the SuperNode with --node-config "
@@ -51,7 +77,7 @@ def hospital_data(config: RunConfig, node_config: Mapping[str, object]) -> Hospi
     train, test = local_split(samples, config.test_fraction, config.seed)
     if get_task(config.task).standardize:
         train, test = standardize(train, test)
-    return HospitalData(name, train, test, data.num_classes, data.input_shape)
+    return HospitalData(name, train, test, data.num_classes, data.input_shape, fingerprint)
 
 
 def _partition_name(samples: Samples, index: int) -> str:

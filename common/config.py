@@ -27,7 +27,8 @@ STRATEGY_NAMES = (
     "krum",
 )
 # Keys that Flower's strategies inject into the ConfigRecord they send.
-_INJECTED_KEYS = frozenset({"server-round", "proximal-mu"})
+# `fedward-run-id` names the run across a resume, for the hospitals' privacy ledgers.
+_INJECTED_KEYS = frozenset({"server-round", "proximal-mu", "fedward-run-id"})
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,10 @@ class RunConfig:
     prior_correction: bool = True
     min_hospitals: int = 2
     round_timeout: float = 600.0
+    outlier_factor: float = 10.0  # reject updates > this x the round's median norm (0: off)
     seed: int = 42
     out_dir: str = "runs/latest"
+    resume: bool = False  # continue the run in out-dir from its last checkpoint
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -145,6 +148,10 @@ class RunConfig:
         _positive("image-size", self.image_size)
         _positive("round-timeout", self.round_timeout)
         _positive("min-hospitals", self.min_hospitals)
+        if self.outlier_factor != 0 and self.outlier_factor <= 1:
+            raise ConfigError(
+                f"outlier-factor={self.outlier_factor} must be > 1 (times the median update norm) or 0 to turn it off"
+            )
         if self.proximal_mu < 0:
             raise ConfigError(f"proximal-mu={self.proximal_mu} must be >= 0")
         if not 0.0 <= self.trim_beta < 0.5:

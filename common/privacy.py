@@ -59,11 +59,19 @@ def calibrate_noise(epsilon: float, delta: float, sample_rate: float, steps: int
 
 
 def epsilon_spent(history: History, delta: float) -> float:
-    """Cumulative epsilon of every step in `history`, by Opacus's RDP accountant."""
+    """Cumulative epsilon of every step in `history`, by Opacus's RDP accountant.
+
+    Entries with the same (noise, sample rate) are merged by adding their steps,
+    which is exact for RDP (k steps of one mechanism cost k times its RDP) and
+    keeps a long ledger's accounting fast.
+    """
     if not history:
         return 0.0
+    merged: dict[tuple[float, float], int] = {}
+    for noise, rate, steps in history:
+        merged[(float(noise), float(rate))] = merged.get((float(noise), float(rate)), 0) + int(steps)
     accountant = RDPAccountant()
-    accountant.history = [tuple(h) for h in history]
+    accountant.history = [(noise, rate, steps) for (noise, rate), steps in merged.items()]
     return float(accountant.get_epsilon(delta=delta))
 
 

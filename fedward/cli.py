@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", help="run directory (default: runs/<time>-<task>)")
     sim.add_argument("--cpus-per-hospital", type=float, default=2.0)
     sim.add_argument("--gpus-per-hospital", type=float, default=0.0)
+    sim.add_argument("--node-config", default="",
+                     help="what each virtual hospital would put in its node config, e.g. "
+                          "'epsilon-budget=5 run-epsilon-cap=3' (default ledger: RUN_DIR/ledgers/)")
+    sim.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue a killed run from its last checkpoint, with its own settings")
 
     certs = commands.add_parser("certs", help="create the consortium CA, server certificate, hospital keys")
     which = certs.add_subparsers(dest="certs_command", required=True)
@@ -71,11 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--data", required=True, type=Path, help="this hospital's data path")
     node.add_argument("--hospital", required=True, help="this hospital's name in reports")
     node.add_argument("--port", type=int, default=9094, help="local port of the node's runtime API")
-    node.add_argument("--node-config", default="", help="more node config, e.g. 'epsilon-budget=8'")
+    node.add_argument("--ledger", type=Path, help="this hospital's privacy ledger (SQLite, created if missing)")
+    node.add_argument("--epsilon-budget", type=float, help="cumulative epsilon this dataset may ever spend")
+    node.add_argument("--delta", type=float, help="this hospital's delta (default 1e-5)")
+    node.add_argument("--run-epsilon-cap", type=float, help="most epsilon any one run may spend")
+    node.add_argument("--node-config", default="", help="more node config, e.g. 'skip-bad-files=true'")
     node.add_argument("--max-retries", type=int, help="give up after this many failed connection attempts")
     node.add_argument("--cold", action="store_true",
                       help="Flower's stock executor: a fresh process (re-importing torch) per message")
     node.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+
+    ledger = commands.add_parser("ledger", help="a hospital's privacy ledger: budget, spent, per-run epsilon")
+    view = ledger.add_subparsers(dest="ledger_command", required=True)
+    for name, text in (("show", "print the ledger (a table, or --json)"), ("export", "write a CSV")):
+        sub = view.add_parser(name, help=text)
+        sub.add_argument("--ledger", type=Path, default=Path(os.environ.get("FEDWARD_LEDGER", "privacy-ledger.sqlite")),
+                         help="ledger path (default: $FEDWARD_LEDGER or ./privacy-ledger.sqlite)")
+        if name == "show":
+            sub.add_argument("--json", action="store_true")
+        else:
+            sub.add_argument("--out", type=Path, required=True, help="CSV file to write")
     return parser
 
 
@@ -117,21 +137,70 @@ def check_before_start(config: RunConfig, hospitals: int) -> None:
 
 def simulate(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from client.hospital import SIMULATED_NODE_CONFIG
     from common.tasks import resolve
     from fedward.simulation import run_simulation
 
-    config = resolve(config_from_args(args))
-    check_before_start(config, args.hospitals)
-    print(f"fedward: {config.task} on {config.data_path}, {args.hospitals} hospitals "
+    if args.resume:
+        config = resumed_config(args.resume)
+        hospitals = config.min_hospitals
+    else:
+        config = resolve(config_from_args(args))
+        hospitals = args.hospitals
+        check_before_start(config, hospitals)
+    os.environ[SIMULATED_NODE_CONFIG] = json.dumps(simulated_node_config(config, args.node_config))
+    print(f"fedward: {config.task} on {config.data_path}, {hospitals} hospitals "
           f"({config.partition}), {config.num_server_rounds} rounds of {config.strategy}, "
-          + (f"DP epsilon={config.epsilon:g} delta={config.delta:g}" if config.dp else "no DP"),
+          + (f"DP epsilon={config.epsilon:g} delta={config.delta:g}" if config.dp else "no DP")
+          + (f", resuming {config.out_dir}" if config.resume else ""),
           flush=True)
-    out_dir = run_simulation(config, args.hospitals, args.cpus_per_hospital, args.gpus_per_hospital)
+    out_dir = run_simulation(config, hospitals, args.cpus_per_hospital, args.gpus_per_hospital)
     card_path = out_dir / "model_card.json"
     if not card_path.exists():
         raise FedwardError(f"the run ended without a model card in {out_dir}; see the log above")
     print_summary(json.loads(card_path.read_text()), out_dir)
     return 0
+
+
+def resumed_config(run_dir: Path) -> RunConfig:
+    """The killed run's own settings (run.json), to be continued in place."""
+    from server.run_state import RUN_FILE
+
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        raise FedwardError(f"--resume {run_dir}: no {RUN_FILE} there; give the directory of a fedward run")
+    try:
+        saved = json.loads(path.read_text())["config"]
+    except (ValueError, KeyError) as err:
+        raise FedwardError(f"--resume {run_dir}: {path} is damaged ({err})") from None
+    return RunConfig.from_mapping({**saved, "resume": True, "out-dir": str(run_dir.resolve())})
+
+
+def simulated_node_config(config: RunConfig, text: str) -> dict[str, object]:
+    """What every virtual hospital gets as node config; kept in the run directory for --resume.
+
+    With DP each virtual hospital keeps its privacy ledger in RUN_DIR/ledgers/ unless
+    --node-config names another.
+    """
+    from flwr.common.config import parse_config_args
+
+    from client.node_privacy import node_privacy
+
+    out_dir = Path(config.out_dir)
+    kept = out_dir / "simulated-node-config.json"
+    if config.resume and kept.exists() and not text:
+        return dict(json.loads(kept.read_text()))
+    try:
+        values = parse_config_args([text]) if text.strip() else {}
+    except ValueError as err:
+        raise FedwardError(f"--node-config {text!r}: {err}; write it as 'key=value key2=\"text\"'") from None
+    if config.dp and "privacy-ledger" not in values:
+        (out_dir / "ledgers").mkdir(parents=True, exist_ok=True)
+        values["privacy-ledger"] = str(out_dir / "ledgers" / "privacy-ledger.sqlite")
+    node_privacy(values)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(values, indent=2) + "\n")
+    return dict(values)
 
 
 def certs(args: argparse.Namespace) -> int:
@@ -148,6 +217,20 @@ def certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def privacy_node_config(args: argparse.Namespace) -> str:
+    """The hospital's privacy flags as node config, checked (and the ledger opened) now."""
+    from client.node_privacy import node_privacy
+    from common.ledger import PrivacyLedger
+
+    values = {"privacy-ledger": args.ledger and str(args.ledger.resolve()), "epsilon-budget": args.epsilon_budget,
+              "delta": args.delta, "run-epsilon-cap": args.run_epsilon_cap}
+    values = {k: v for k, v in values.items() if v is not None}
+    privacy = node_privacy(values)
+    if privacy.ledger:
+        PrivacyLedger(privacy.ledger).close()
+    return "".join(f'{k}="{v}" ' if isinstance(v, str) else f"{k}={v} " for k, v in values.items())
+
+
 def launch(args: argparse.Namespace) -> int:
     from fedward.launch import describe, run_warm_supernode, superlink_command, supernode_command
 
@@ -155,7 +238,7 @@ def launch(args: argparse.Namespace) -> int:
         command = superlink_command(args.certs, args.database, args.host, args.port)
     else:
         command = supernode_command(args.superlink, args.ca, args.key, args.data, args.hospital,
-                                    args.port, args.node_config)
+                                    args.port, privacy_node_config(args) + args.node_config)
         if args.max_retries is not None:
             command += ["--max-retries", str(args.max_retries)]
     if args.dry_run:
@@ -165,6 +248,17 @@ def launch(args: argparse.Namespace) -> int:
         return run_warm_supernode(command, args.port)
     os.execv(command[0], command)
     return 1  # not reached
+
+
+def ledger(args: argparse.Namespace) -> int:
+    from fedward.ledger_view import export_csv, show
+
+    if args.ledger_command == "show":
+        print(show(args.ledger, args.json))
+    else:
+        rows = export_csv(args.ledger, args.out)
+        print(f"wrote {rows} run rows to {args.out}")
+    return 0
 
 
 def print_summary(card: dict, out_dir: Path) -> None:
@@ -198,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             return certs(args)
         if args.command in ("superlink", "supernode"):
             return launch(args)
+        if args.command == "ledger":
+            return ledger(args)
     except FedwardError as err:
         print(f"fedward: error: {err}", file=sys.stderr)
         return 2

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import torch
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
 from common.data import TaskData
@@ -23,52 +24,37 @@ from common.serialization import load_arrays, to_arrays
 from common.tasks import get_task, load_data
 from server.exchange import send_and_receive
 from server.records import RunRecorder, save_checkpoint, save_final_model
+from server.run_state import restore_strategy, start
 from server.report import model_card, write_model_card, write_report_png
 from server.screening import screen
 from server.strategies import build_strategy
 
 
 def run_federation(grid: Grid, config: RunConfig) -> Path:
-    out_dir = Path(config.out_dir)
-    if (out_dir / "metrics.jsonl").exists():
-        raise FedwardError(f"{out_dir} already holds a run (metrics.jsonl); choose another out-dir")
+    state = start(config)  # a new run directory, or the last checkpoint of a killed run
+    config, out_dir = state.config, Path(state.config.out_dir)
     task = get_task(config.task)
     data, input_shape, num_classes = _data_spec(grid, config)
     torch.manual_seed(config.seed)
     model = task.build_model(input_shape, num_classes, config)
-    arrays = to_arrays(model)
+    arrays = state.arrays if state.arrays is not None else to_arrays(model)
     strategy = build_strategy(config)
+    restore_strategy(strategy, state.strategy_state)
     recorder = RunRecorder(out_dir, config.num_server_rounds)
+    if state.completed_round:
+        print(f"resuming run {state.run_id} after round {state.completed_round} "
+              f"(its own settings from {out_dir / 'run.json'})", flush=True)
+    sent = ConfigRecord({**config.to_mapping(), "fedward-run-id": state.run_id})
     central = data if data is not None and data.test is not None else None
     device = pick_device()
-    for server_round in range(1, config.num_server_rounds + 1):
-        _wait_for_hospitals(grid, config)  # Flower's node sampling would wait forever
-        start = time.perf_counter()
-        messages = strategy.configure_train(server_round, arrays, ConfigRecord(config.to_mapping()), grid)
-        replies = send_and_receive(grid, messages, config.round_timeout)
-        accepted, rejected = screen(replies, arrays, train=True)
-        recorder.reject(server_round, "train", rejected)
-        recorder.hospitals(server_round, "train", accepted)
-        aggregated, metrics = strategy.aggregate_train(server_round, accepted) if accepted else (None, None)
-        if aggregated is not None:
-            arrays = aggregated
-        recorder.aggregate(server_round, "train", metrics and dict(metrics), time.perf_counter() - start)
-
-        _wait_for_hospitals(grid, config)
-        start = time.perf_counter()
-        messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(config.to_mapping()), grid)
-        replies = send_and_receive(grid, messages, config.round_timeout)
-        accepted, rejected = screen(replies, arrays, train=False)
-        recorder.reject(server_round, "evaluate", rejected)
-        recorder.hospitals(server_round, "evaluate", accepted)
-        metrics = strategy.aggregate_evaluate(server_round, accepted) if accepted else None
-        recorder.aggregate(server_round, "evaluate", metrics and dict(metrics), time.perf_counter() - start)
-
+    for server_round in range(state.completed_round + 1, config.num_server_rounds + 1):
+        arrays = _phase(grid, config, strategy, recorder, server_round, arrays, sent, train=True)
+        _phase(grid, config, strategy, recorder, server_round, arrays, sent, train=False)
         if central is not None and central.test is not None:
-            start = time.perf_counter()
+            t0 = time.perf_counter()
             load_arrays(model, arrays)
             scores = task.evaluate(model, central.test, device)
-            scores.update(num_examples=len(central.test), seconds=time.perf_counter() - start)
+            scores.update(num_examples=len(central.test), seconds=time.perf_counter() - t0)
             recorder.write(server_round, "server", "central", {k.replace("-", "_"): v for k, v in scores.items()})
         save_checkpoint(out_dir, server_round, arrays, strategy)
 
@@ -81,6 +67,34 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     write_report_png(out_dir, recorder.rows)
     print(f"run finished: report in {out_dir}", flush=True)
     return out_dir
+
+
+def _phase(
+    grid: Grid, config: RunConfig, strategy: Strategy, recorder: RunRecorder,
+    server_round: int, arrays: ArrayRecord, sent: ConfigRecord, train: bool,
+) -> ArrayRecord:
+    """One train or evaluate exchange: configure, send, screen, record, aggregate.
+
+    Returns the new global weights (train), or `arrays` unchanged (evaluate, or a
+    train phase in which every reply was refused or rejected).
+    """
+    split = "train" if train else "evaluate"
+    _wait_for_hospitals(grid, config)  # Flower's node sampling would wait forever
+    t0 = time.perf_counter()
+    configure = strategy.configure_train if train else strategy.configure_evaluate
+    replies = send_and_receive(grid, configure(server_round, arrays, sent, grid), config.round_timeout)
+    accepted, rejected = screen(replies, arrays, train=train, outlier_factor=config.outlier_factor)
+    recorder.reject(server_round, split, rejected)
+    recorder.hospitals(server_round, split, accepted)
+    if not accepted:
+        print(f"round {server_round}: no usable {split} replies; the global model is kept", flush=True)
+        return arrays
+    if train:
+        aggregated, metrics = strategy.aggregate_train(server_round, accepted)
+    else:
+        aggregated, metrics = None, strategy.aggregate_evaluate(server_round, accepted)
+    recorder.aggregate(server_round, split, metrics and dict(metrics), time.perf_counter() - t0)
+    return aggregated if aggregated is not None else arrays
 
 
 def _data_spec(grid: Grid, config: RunConfig) -> tuple[TaskData | None, tuple[int, ...], int]:

@@ -37,38 +37,49 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _row(metrics: Any) -> dict[str, Any]:
+    """A MetricRecord's hyphenated keys as metrics.jsonl fields (train-loss -> loss)."""
+    row = {key.replace("-", "_"): value for key, value in metrics.items()}
+    row.setdefault("loss", row.pop("train_loss", None))
+    return row
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 class RunRecorder:
+    """Appends to the run directory's records; on resume, continues the ones kept."""
+
     def __init__(self, out_dir: Path, num_rounds: int) -> None:
         self.out_dir = out_dir
         self.num_rounds = num_rounds
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "checkpoints").mkdir(exist_ok=True)
         self.metrics_path = out_dir / "metrics.jsonl"
+        self.rejections_path = out_dir / "rejections.jsonl"
         self.tensorboard = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
-        self.rows: list[dict[str, Any]] = []
-        self.rejections: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = _read_jsonl(self.metrics_path)
+        self.rejections: list[dict[str, Any]] = _read_jsonl(self.rejections_path)
 
     # ------------------------------------------------------------------ rounds
     def hospitals(self, server_round: int, split: str, replies: list[Message]) -> None:
         for msg in replies:
-            metrics = next(iter(msg.content.metric_records.values()))
-            row = {key.replace("-", "_"): value for key, value in metrics.items()}
-            row.setdefault("loss", row.pop("train_loss", None))
-            self.write(server_round, hospital_of(msg), split, row)
+            self.write(server_round, hospital_of(msg), split, _row(next(iter(msg.content.metric_records.values()))))
 
     def aggregate(self, server_round: int, split: str, metrics: dict[str, Any] | None, seconds: float) -> None:
         if metrics is None:
             return
-        row = {key.replace("-", "_"): value for key, value in metrics.items()}
-        row.setdefault("loss", row.pop("train_loss", None))
-        row["seconds"] = seconds
-        self.write(server_round, "all", split, row)
+        self.write(server_round, "all", split, {**_row(metrics), "seconds": seconds})
 
     def reject(self, server_round: int, split: str, rejections: list[Rejection]) -> None:
         for r in rejections:
             entry = {"round": server_round, "hospital": r.hospital, "split": split, "reason": r.reason}
             self.rejections.append(entry)
-            print(f"round {server_round}: hospital {r.hospital} rejected ({split}): {r.reason}", flush=True)
+            with self.rejections_path.open("a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+            verb = "" if r.reason.startswith("refused") else "rejected: "
+            print(f"round {server_round}: hospital {r.hospital} {verb}{r.reason} [{split}]", flush=True)
 
     def write(self, server_round: int, hospital: str, split: str, values: dict[str, Any]) -> None:
         row = {"round": server_round, "hospital": hospital, "split": split}

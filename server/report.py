@@ -50,7 +50,7 @@ def model_card(
     config: RunConfig, rows: list[dict[str, Any]], rejections: list[dict[str, Any]],
     extra_metrics: dict[str, float], data_source: str,
 ) -> dict[str, Any]:
-    names = sorted({r["hospital"] for r in rows} - {"all", "server"})
+    names = sorted(({r["hospital"] for r in rows} | {r["hospital"] for r in rejections}) - {"all", "server"})
     hospitals = {}
     for name in names:
         train = _last(rows, name, "train")
@@ -62,6 +62,10 @@ def model_card(
             "epsilon_spent": train and train["epsilon"],
             "rounds_trained": trained,
             "rounds_missed": [r for r in range(1, config.num_server_rounds + 1) if r not in trained],
+            "rounds_refused": [  # the hospital said no, e.g. its privacy ledger's budget
+                {"round": r["round"], "reason": r["reason"]} for r in rejections
+                if r["hospital"] == name and r["reason"].startswith("refused")
+            ],
             "final_test_metrics": evaluation and {k: evaluation[k] for k in ("loss", "accuracy", "auroc", "macro_f1")},
         }
     final = {split: _last(rows, who, split) for who, split in (("all", "evaluate"), ("server", "central"))}

@@ -1,0 +1,88 @@
+"""`fedward ledger show|export`: what a hospital's privacy ledger says, for people.
+
+Per dataset line: budget, spent (Opacus RDP over the whole history at the line's
+delta), remaining; per run: its rounds, noise, sample rate, steps and the epsilon
+of that run alone (runs compose to less than the sum of their epsilons).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from common.errors import FedwardError
+from common.ledger import PrivacyLedger, history_of
+from common.privacy import epsilon_spent
+
+
+def summary(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise FedwardError(f"--ledger {path} does not exist; give the path set as privacy-ledger in node config")
+    out = []
+    with PrivacyLedger(path) as ledger:
+        for line in ledger.datasets():
+            charges = ledger.charges(line.fingerprint)
+            spent = epsilon_spent(history_of(charges), line.delta)
+            runs = []
+            for run_id in dict.fromkeys(c.run_id for c in charges):
+                mine = [c for c in charges if c.run_id == run_id]
+                runs.append({
+                    "run_id": run_id,
+                    "rounds": sorted({c.round for c in mine}),
+                    "noise_multiplier": sorted({round(c.noise, 6) for c in mine}),
+                    "sample_rate": sorted({round(c.sample_rate, 6) for c in mine}),
+                    "steps": sum(c.steps for c in mine),
+                    "epsilon": epsilon_spent(history_of(mine), line.delta),
+                })
+            out.append({
+                "dataset": line.label,
+                "fingerprint": line.fingerprint,
+                "budget": None if math.isinf(line.budget) else line.budget,
+                "delta": line.delta,
+                "spent": spent,
+                "remaining": None if math.isinf(line.budget) else max(line.budget - spent, 0.0),
+                "runs": runs,
+            })
+    return out
+
+
+def show(path: Path, as_json: bool) -> str:
+    lines = summary(path)
+    if as_json:
+        return json.dumps(lines, indent=2)
+    text = [f"privacy ledger {path}"]
+    if not lines:
+        text.append("  (no DP training recorded yet)")
+    for d in lines:
+        budget = "none" if d["budget"] is None else f"{d['budget']:g}"
+        remaining = "unlimited" if d["remaining"] is None else f"{d['remaining']:.3f}"
+        text.append(f"\ndataset {d['dataset']} ({d['fingerprint'][:12]})  delta {d['delta']:g}")
+        text.append(f"  budget {budget} | spent {d['spent']:.3f} | remaining {remaining}")
+        text.append(f"  {'run':<34} {'rounds':>6} {'noise':>8} {'q':>8} {'steps':>7} {'epsilon':>8}")
+        for r in d["runs"]:
+            noise = ",".join(f"{n:.3f}" for n in r["noise_multiplier"])
+            rate = ",".join(f"{q:.3f}" for q in r["sample_rate"])
+            text.append(f"  {r['run_id']:<34} {len(r['rounds']):>6} {noise:>8} {rate:>8} {r['steps']:>7} {r['epsilon']:>8.3f}")
+    return "\n".join(text)
+
+
+def export_csv(path: Path, out: Path) -> int:
+    """One row per run per dataset, with the dataset's totals: for an ethics board."""
+    rows = 0
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["dataset", "fingerprint", "delta", "budget", "spent_total", "remaining",
+                         "run_id", "rounds", "noise_multiplier", "sample_rate", "steps", "run_epsilon"])
+        for d in summary(path):
+            for r in d["runs"]:
+                writer.writerow([
+                    d["dataset"], d["fingerprint"], d["delta"], d["budget"] if d["budget"] is not None else "",
+                    f"{d['spent']:.6f}", "" if d["remaining"] is None else f"{d['remaining']:.6f}",
+                    r["run_id"], len(r["rounds"]), ";".join(map(str, r["noise_multiplier"])),
+                    ";".join(map(str, r["sample_rate"])), r["steps"], f"{r['epsilon']:.6f}",
+                ])
+                rows += 1
+    return rows

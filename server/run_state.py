@@ -1,0 +1,112 @@
+"""Start a run directory, or pick a killed run up from its last complete checkpoint.
+
+A new run writes `run.json` (its fedward run id and settings) before round 1.
+`resume=true` (CLI: `--resume RUN_DIR`) reads it back, loads the newest
+`checkpoints/round-NNNN.pkl` (written atomically after a round completed: weights,
+round, strategy state such as FedAdam's moments), and cuts metrics.jsonl and
+rejections.jsonl back to the rounds that checkpoint covers, so the resumed run
+continues the numbering without duplicates. The run id stays the same, which
+lets the hospitals' ledgers recognise a replayed round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Array, ArrayRecord
+from flwr.serverapp.strategy import Strategy
+
+from common.config import RunConfig
+from common.errors import FedwardError
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class RunState:
+    run_id: str
+    config: RunConfig
+    completed_round: int = 0
+    arrays: ArrayRecord | None = None
+    strategy_state: dict[str, Any] = field(default_factory=dict)
+
+
+def start(config: RunConfig) -> RunState:
+    out_dir = Path(config.out_dir)
+    if config.resume:
+        return resume(out_dir)
+    if (out_dir / "metrics.jsonl").exists() or (out_dir / RUN_FILE).exists():
+        raise FedwardError(
+            f"{out_dir} already holds a run; choose another out-dir, or continue it with "
+            f"resume=true (fedward simulate --resume {out_dir})"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = RunState(run_id=uuid.uuid4().hex, config=config)
+    _write_atomic(out_dir / RUN_FILE, json.dumps({"run_id": state.run_id, "config": config.to_mapping()}, indent=2))
+    return state
+
+
+def resume(out_dir: Path) -> RunState:
+    path = out_dir / RUN_FILE
+    if not path.is_file():
+        raise FedwardError(f"cannot resume {out_dir}: no {RUN_FILE} there (is it a fedward run directory?)")
+    try:
+        saved = json.loads(path.read_text())
+        config = RunConfig.from_mapping({**saved["config"], "resume": True, "out-dir": str(out_dir)})
+        run_id = str(saved["run_id"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise FedwardError(f"cannot resume {out_dir}: {path} is damaged ({err})") from None
+    state = RunState(run_id=run_id, config=config)
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is not None:
+        with checkpoint.open("rb") as handle:
+            payload = pickle.load(handle)
+        state.completed_round = int(payload["round"])
+        state.arrays = ArrayRecord({k: Array(v) for k, v in payload["arrays"].items()})
+        state.strategy_state = dict(payload["strategy_state"])
+    for name in ("metrics.jsonl", "rejections.jsonl"):
+        truncate_after(out_dir / name, state.completed_round)
+    for stale in ("model_card.json", "final_model.pt", "report.png"):
+        (out_dir / stale).unlink(missing_ok=True)
+    return state
+
+
+def restore_strategy(strategy: Strategy, state: dict[str, Any]) -> None:
+    for name, value in state.items():
+        setattr(strategy, name, value)
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = sorted((out_dir / "checkpoints").glob("round-*.pkl"))
+    return found[-1] if found else None
+
+
+def truncate_after(path: Path, completed_round: int) -> list[dict[str, Any]]:
+    """Keep the JSON lines of rounds <= completed_round (a torn last line is dropped)."""
+    if not path.exists():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if int(row.get("round", 0)) <= completed_round:
+            kept.append(row)
+    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,64 @@
+"""`fedward ledger show|export` and the hospital's privacy flags of `fedward supernode`."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from common.ledger import DatasetLine, PrivacyLedger
+from common.privacy import epsilon_spent
+from deploy.certs import hospital_keys, init_ca_and_server
+from fedward.cli import main
+
+
+def filled_ledger(path: Path) -> float:
+    line = DatasetLine("d" * 64, "cleveland", 5.0, 1e-5)
+    with PrivacyLedger(path) as ledger:
+        for r in (1, 2):
+            ledger.reserve(line, "run-1", r, 1.2, 0.1, 7)
+        ledger.reserve(line, "run-2", 1, 0.9, 0.05, 20)
+    return epsilon_spent([(1.2, 0.1, 7), (1.2, 0.1, 7), (0.9, 0.05, 20)], 1e-5)
+
+
+def test_show_and_export_tell_budget_spent_and_each_run(tmp_path: Path, capsys):
+    ledger = tmp_path / "ledger.sqlite"
+    spent = filled_ledger(ledger)
+    assert main(["ledger", "show", "--ledger", str(ledger)]) == 0
+    table = capsys.readouterr().out
+    assert "dataset cleveland" in table and f"spent {spent:.3f}" in table and f"remaining {5 - spent:.3f}" in table
+    assert main(["ledger", "show", "--ledger", str(ledger), "--json"]) == 0
+    (line,) = json.loads(capsys.readouterr().out)
+    assert line["spent"] == pytest.approx(spent, abs=1e-9)
+    assert [(r["run_id"], r["rounds"], r["steps"]) for r in line["runs"]] == [("run-1", [1, 2], 14), ("run-2", [1], 20)]
+    assert line["runs"][1]["epsilon"] == pytest.approx(epsilon_spent([(0.9, 0.05, 20)], 1e-5))
+    out = tmp_path / "ethics.csv"
+    assert main(["ledger", "export", "--ledger", str(ledger), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["run_id"] for r in rows] == ["run-1", "run-2"]
+    assert float(rows[0]["spent_total"]) == pytest.approx(spent, abs=1e-6)
+
+
+def test_show_names_a_missing_or_foreign_ledger(tmp_path: Path, capsys):
+    assert main(["ledger", "show", "--ledger", str(tmp_path / "none.sqlite")]) == 2
+    assert "none.sqlite does not exist" in capsys.readouterr().err
+    (tmp_path / "x.sqlite").write_text("not a ledger")
+    assert main(["ledger", "show", "--ledger", str(tmp_path / "x.sqlite")]) == 2
+    assert "is not a fedward privacy ledger" in capsys.readouterr().err
+
+
+def test_supernode_passes_the_hospitals_privacy_settings_as_node_config(tmp_path: Path, capsys):
+    init_ca_and_server(tmp_path / "certs", "localhost", ["127.0.0.1"])
+    hospital_keys(tmp_path / "keys", "va")
+    args = ["supernode", "--superlink", "127.0.0.1:9092", "--ca", str(tmp_path / "certs" / "ca.crt"),
+            "--key", str(tmp_path / "keys" / "va"), "--hospital", "va", "--data", str(tmp_path), "--dry-run",
+            "--ledger", str(tmp_path / "ledger.sqlite")]
+    assert main([*args, "--epsilon-budget", "8", "--run-epsilon-cap", "3"]) == 0
+    command = capsys.readouterr().out
+    assert f'privacy-ledger="{tmp_path / "ledger.sqlite"}"' in command and "epsilon-budget=8.0" in command
+    assert (tmp_path / "ledger.sqlite").exists(), "the ledger is created (and checked) before connecting"
+    assert main([*args, "--epsilon-budget", "-1"]) == 2
+    assert "epsilon-budget=-1 must be > 0" in capsys.readouterr().err
+    (tmp_path / "bad.sqlite").write_text("x" * 200)
+    assert main([*args[:-1], str(tmp_path / "bad.sqlite")]) == 2
+    assert "bad.sqlite is not a fedward privacy ledger" in capsys.readouterr().err
