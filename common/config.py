@@ -88,6 +88,7 @@ class RunConfig:
     prior_correction: bool = True
     min_hospitals: int = 2
     round_timeout: float = 600.0
+    min_replies: int = 1  # fewer usable train replies: the round is skipped (model kept)
     outlier_factor: float = 10.0  # reject updates > this x the round's median norm (0: off)
     seed: int = 42
     out_dir: str = "runs/latest"
@@ -148,6 +149,7 @@ class RunConfig:
         _positive("image-size", self.image_size)
         _positive("round-timeout", self.round_timeout)
         _positive("min-hospitals", self.min_hospitals)
+        _positive("min-replies", self.min_replies)
         if self.outlier_factor != 0 and self.outlier_factor <= 1:
             raise ConfigError(
                 f"outlier-factor={self.outlier_factor} must be > 1 (times the median update norm) or 0 to turn it off"

@@ -26,7 +26,7 @@ from server.exchange import send_and_receive
 from server.records import RunRecorder, save_checkpoint, save_final_model
 from server.run_state import restore_strategy, start
 from server.report import model_card, write_model_card, write_report_png
-from server.screening import screen
+from server.screening import Rejection, screen
 from server.strategies import build_strategy
 
 
@@ -86,8 +86,11 @@ def _phase(
     accepted, rejected = screen(replies, arrays, train=train, outlier_factor=config.outlier_factor)
     recorder.reject(server_round, split, rejected)
     recorder.hospitals(server_round, split, accepted)
-    if not accepted:
-        print(f"round {server_round}: no usable {split} replies; the global model is kept", flush=True)
+    needed = config.min_replies if train else 1
+    if len(accepted) < needed:
+        # Skipped, not retried: a retry would spend the hospitals' privacy budget again.
+        reason = f"round skipped: {len(accepted)} usable {split} replies, min-replies={needed}; global model kept"
+        recorder.reject(server_round, split, [Rejection("all", reason)])
         return arrays
     if train:
         aggregated, metrics = strategy.aggregate_train(server_round, accepted)

@@ -78,8 +78,11 @@ class RunRecorder:
             self.rejections.append(entry)
             with self.rejections_path.open("a") as handle:
                 handle.write(json.dumps(entry) + "\n")
-            verb = "" if r.reason.startswith("refused") else "rejected: "
-            print(f"round {server_round}: hospital {r.hospital} {verb}{r.reason} [{split}]", flush=True)
+            if r.hospital == "all":
+                print(f"round {server_round}: {r.reason}", flush=True)
+            else:
+                verb = "" if r.reason.startswith("refused") else "rejected: "
+                print(f"round {server_round}: hospital {r.hospital} {verb}{r.reason} [{split}]", flush=True)
 
     def write(self, server_round: int, hospital: str, split: str, values: dict[str, Any]) -> None:
         row = {"round": server_round, "hospital": hospital, "split": split}

@@ -84,7 +84,8 @@ def model_card(
         },
         "config": config.to_mapping(),
         "hospitals": hospitals,
-        "rejected_replies": rejections,
+        "rejected_replies": [r for r in rejections if r["hospital"] != "all"],
+        "rounds_skipped": [r for r in rejections if r["hospital"] == "all"],
         "final_metrics": {
             "federated_evaluation": final["evaluate"],
             "central_evaluation": final["central"],

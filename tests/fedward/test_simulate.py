@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from opacus.accountants import RDPAccountant
 
 from client.hospital import hospital_data
 from common.config import RunConfig
+from common.ledger import PrivacyLedger
 from common.metrics import majority_baseline
 from common.tasks import get_task
 from common.training import batches_per_epoch
@@ -53,10 +56,19 @@ def test_heart_disease_natural_split_beats_majority_at_every_hospital(data_dir: 
         assert all(0 < h["epsilon_spent"] <= 3.0 + 1e-2 for h in card["hospitals"].values())
 
 
-def test_cumulative_epsilon_equals_one_accountant_over_all_steps(tmp_path: Path):
-    out = tmp_path / "run"
-    simulate("--hospitals", "2", "--rounds", "3", "--epsilon", "1", "--out", str(out))
-    rows = [r for r in read_metrics(out) if r["split"] == "train" and r["hospital"] != "all"]
+THREE_ROUNDS = ("--hospitals", "2", "--rounds", "3", "--epsilon", "1", "--strategy", "fedadam")
+
+
+@pytest.fixture(scope="module")
+def three_rounds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 3-round FedAdam run with DP, the reference for the next tests."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    simulate(*THREE_ROUNDS, "--out", str(out))
+    return out
+
+
+def test_cumulative_epsilon_equals_one_accountant_over_all_steps(three_rounds: Path):
+    rows = [r for r in read_metrics(three_rounds) if r["split"] == "train" and r["hospital"] != "all"]
     for hospital in {r["hospital"] for r in rows}:
         mine = sorted((r for r in rows if r["hospital"] == hospital), key=lambda r: r["round"])
         assert len(mine) == 3
@@ -66,6 +78,44 @@ def test_cumulative_epsilon_equals_one_accountant_over_all_steps(tmp_path: Path)
             reference.history = [(mine[0]["noise_multiplier"], q, sum(r["steps"] for r in mine[:upto]))]
             assert mine[upto - 1]["epsilon"] == pytest.approx(reference.get_epsilon(1e-5), abs=1e-6)
         assert mine[0]["epsilon"] < mine[1]["epsilon"] < mine[2]["epsilon"] <= 1.0 + 1e-2
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(three_rounds: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fedward", "simulate", *THREE_ROUNDS, "--out", str(out)],
+                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoints" / "round-0001.pkl").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run died before round 1 ended"
+            time.sleep(0.1)
+        time.sleep(1.0)  # into round 2: hospitals are training
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, Ray and its workers
+        proc.wait()
+    assert not (out / "model_card.json").exists()
+    simulate("--resume", str(out))
+
+    resumed, reference = read_metrics(out), read_metrics(three_rounds)
+    keys = [(r["round"], r["hospital"], r["split"]) for r in resumed]
+    assert len(keys) == len(set(keys)) == len(reference), "every round once: continued, not duplicated"
+    expected = {(r["round"], r["hospital"], r["split"]): r for r in reference}
+    for row in resumed:
+        twin = expected[(row["round"], row["hospital"], row["split"])]
+        # FedAvg/FedAdam sum the replies in arrival order, which can differ between
+        # runs: float addition is not associative, so weights may differ by ~1e-7.
+        assert row["loss"] == pytest.approx(twin["loss"], abs=1e-4), (row, twin)
+        assert row["epsilon"] == pytest.approx(twin["epsilon"], abs=1e-9)
+        if row["accuracy"] is not None:
+            assert row["accuracy"] == pytest.approx(twin["accuracy"], abs=1e-9)
+    card = json.loads((out / "model_card.json").read_text())
+    assert all(h["rounds_trained"] == [1, 2, 3] for h in card["hospitals"].values())
+    with PrivacyLedger(out / "ledgers" / "privacy-ledger.sqlite") as ledger:
+        for line in ledger.datasets():
+            charged = [c.round for c in ledger.charges(line.fingerprint)]
+            assert charged == [1, 2, 3], "the interrupted round was not charged twice"
 
 
 def test_image_cnn_on_pneumoniamnist_subset(data_dir: Path, tmp_path: Path):

@@ -1,14 +1,17 @@
-"""Five hospitals, three of them sending garbage: the run goes on with the honest ones.
+"""Five hospitals, three of them sending garbage: the run goes on with the honest ones;
+and a round with too few usable replies is skipped.
 
 The real round loop (server.federation) and the real ClientApp run in this
 process over tests.inprocess_grid; faults are applied to the replies on the wire.
 """
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, Message
 
 from client.app import app
@@ -62,3 +65,16 @@ def test_nan_wrong_shapes_and_x100_are_rejected_and_accuracy_holds(data_dir: Pat
     print(f"clean {clean_acc:.3f} faulty {faulty_acc:.3f}")
     assert faulty_acc == pytest.approx(clean_acc, abs=0.02)
     assert clean_acc > 0.7
+
+
+def test_a_round_with_too_few_replies_is_skipped_and_the_model_kept(tmp_path: Path):
+    config = RunConfig(num_server_rounds=2, min_hospitals=2, min_replies=3, out_dir=str(tmp_path))
+    nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
+    run_federation(InProcessGrid(app, nodes), config)
+    card = json.loads((tmp_path / "model_card.json").read_text())
+    assert [(s["round"], s["split"]) for s in card["rounds_skipped"]] == [(1, "train"), (2, "train")]
+    assert "min-replies=3" in card["rounds_skipped"][0]["reason"]
+    with (tmp_path / "checkpoints" / "round-0001.pkl").open("rb") as handle:
+        first = pickle.load(handle)["arrays"]
+    final = torch.load(tmp_path / "final_model.pt")
+    assert all(np.array_equal(first[k], final[k].numpy()) for k in first), "the global model was kept"
