@@ -93,6 +93,7 @@ def train(msg: Message, context: Context) -> Message:
         "noise-multiplier": dp.noise_multiplier if dp else 0.0,
         "steps": outcome.steps,
         "seconds": seconds,
+        "skipped-files": hospital.skipped_files,
     }
     return _reply(msg, hospital, metrics, update)
 
@@ -108,7 +109,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     if task.classifier and config.prior_correction:
         model = prior_corrected(model, hospital.train, hospital.num_classes, device)
     scores = task.evaluate(model, hospital.test, device)
-    metrics = {"num-examples": len(hospital.test), **scores, "seconds": time.perf_counter() - start}
+    metrics = {"num-examples": len(hospital.test), **scores, "seconds": time.perf_counter() - start,
+               "skipped-files": hospital.skipped_files}
     return _reply(msg, hospital, metrics)
 
 

@@ -47,9 +47,12 @@ class HospitalData:
     num_classes: int
     input_shape: tuple[int, ...]
     fingerprint: str  # of the data this hospital trains on: its privacy-ledger line
+    skipped_files: int = 0  # unreadable items left out under bad-files=skip
 
 
 def hospital_data(config: RunConfig, node_config: Mapping[str, object]) -> HospitalData:
+    if "bad-files" in node_config:  # the hospital's own policy wins over the run's
+        config = config.replace(bad_files=str(node_config["bad-files"]))
     if "data-path" in node_config:
         path = str(node_config["data-path"])
         data = load_data(config, path)
@@ -77,7 +80,9 @@ def hospital_data(config: RunConfig, node_config: Mapping[str, object]) -> Hospi
     train, test = local_split(samples, config.test_fraction, config.seed)
     if get_task(config.task).standardize:
         train, test = standardize(train, test)
-    return HospitalData(name, train, test, data.num_classes, data.input_shape, fingerprint)
+    for reason in data.skipped:  # named here, at the hospital; only the count is sent
+        print(f"hospital {name}: skipped {reason}", flush=True)
+    return HospitalData(name, train, test, data.num_classes, data.input_shape, fingerprint, len(data.skipped))
 
 
 def _partition_name(samples: Samples, index: int) -> str:

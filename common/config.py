@@ -92,6 +92,7 @@ class RunConfig:
     outlier_factor: float = 10.0  # reject updates > this x the round's median norm (0: off)
     seed: int = 42
     out_dir: str = "runs/latest"
+    bad_files: str = "stop"  # an unreadable file/record/row: "stop" naming it, or "skip" and count
     resume: bool = False  # continue the run in out-dir from its last checkpoint
 
     # ------------------------------------------------------------------ parsing
@@ -140,6 +141,8 @@ class RunConfig:
                 f"{', '.join(STRATEGY_NAMES)}"
             )
         Partition.parse(self.partition)
+        if self.bad_files not in ("stop", "skip"):
+            raise ConfigError(f"bad-files={self.bad_files!r} must be 'stop' or 'skip'")
         _positive("num-server-rounds", self.num_server_rounds)
         _positive("local-epochs", self.local_epochs)
         _positive("batch-size", self.batch_size)

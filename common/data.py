@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +41,7 @@ class TaskData:
     test: Samples | None
     num_classes: int
     source: str  # the path or name it was read from, for messages and model cards
+    skipped: tuple[str, ...] = ()  # unreadable items left out (bad-files=skip), each with its reason
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -99,3 +103,30 @@ def standardize(train: Samples, test: Samples) -> tuple[Samples, Samples]:
         return Samples(((s.x - mean) / std).astype(np.float32), s.y, s.groups)
 
     return scale(train), scale(test)
+
+
+# ------------------------------------------------------------ bad items policy
+_BAD_ITEMS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("fedward_bad_items", default=None)
+
+
+@contextlib.contextmanager
+def bad_items_policy(skip: bool) -> Iterator[list[str]]:
+    """While reading: skip unreadable items (collected in the yielded list) or stop.
+
+    Readers call `skip_or_raise(error)` for an item (an image file, a WFDB record, a
+    table row) they cannot use; with `skip=False` that raises the error, which
+    names the item.
+    """
+    skipped: list[str] = []
+    token = _BAD_ITEMS.set(skipped if skip else None)
+    try:
+        yield skipped
+    finally:
+        _BAD_ITEMS.reset(token)
+
+
+def skip_or_raise(error: DataError) -> None:
+    skipped = _BAD_ITEMS.get()
+    if skipped is None:
+        raise error
+    skipped.append(str(error))

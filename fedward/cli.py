@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--image-size", type=int, default=28)
     sim.add_argument("--max-samples", type=int, default=0, help="use at most this many samples (0: all)")
     sim.add_argument("--seed", type=int, default=42)
+    sim.add_argument("--bad-files", choices=("stop", "skip"), default="stop",
+                     help="an unreadable image, record or row: stop naming it, or skip it and count it")
     sim.add_argument("--out", help="run directory (default: runs/<time>-<task>)")
     sim.add_argument("--cpus-per-hospital", type=float, default=2.0)
     sim.add_argument("--gpus-per-hospital", type=float, default=0.0)
@@ -116,7 +118,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         batch_size=args.batch_size, lr=args.lr, model=args.model, image_size=args.image_size,
         max_samples=args.max_samples, class_weighting=not args.no_class_weighting,
         prior_correction=not args.no_prior_correction,
-        test_fraction=args.test_fraction, min_hospitals=args.hospitals, seed=args.seed,
+        test_fraction=args.test_fraction, min_hospitals=args.hospitals, seed=args.seed, bad_files=args.bad_files,
         out_dir=str(Path(out).resolve()),
     )
 

@@ -25,7 +25,7 @@ from server.screening import Rejection, hospital_of
 
 FIELDS = (
     "loss", "accuracy", "auroc", "macro_f1", "epsilon", "noise_multiplier", "steps",
-    "num_examples", "seconds",
+    "num_examples", "seconds", "skipped_files",
 )
 # Strategy attributes that carry state between rounds (FedOpt's moments and weights).
 STRATEGY_STATE = ("current_arrays", "m_t", "v_t")

@@ -5,12 +5,13 @@ Task modules import torch and their readers, so they load on first use.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import os
 
 from common.config import TASK_NAMES, RunConfig
-from common.data import TaskData, subsample
+from common.data import TaskData, bad_items_policy, subsample
 from common.errors import ConfigError
 from common.tasks.base import Task
 
@@ -45,22 +46,25 @@ def load_data(config: RunConfig, path: str | None = None) -> TaskData:
     """
     path = path or config.data_path
     stamp = os.stat(path).st_mtime_ns if os.path.exists(path) else 0
-    return _load_cached(config.task, path, stamp, config.image_size, config.max_samples, config.seed)
+    return _load_cached(config.task, path, stamp, config.image_size, config.max_samples, config.seed,
+                        config.bad_files)
 
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(
-    task: str, path: str, _stamp: int, image_size: int, max_samples: int, seed: int
+    task: str, path: str, _stamp: int, image_size: int, max_samples: int, seed: int, bad_files: str
 ) -> TaskData:
     config = RunConfig(
-        task=task, data_path=path, image_size=image_size, max_samples=max_samples, seed=seed
+        task=task, data_path=path, image_size=image_size, max_samples=max_samples, seed=seed,
+        bad_files=bad_files,
     )
-    data = get_task(task).load(path, config)
+    with bad_items_policy(skip=bad_files == "skip") as skipped:
+        data = get_task(task).load(path, config)
+    data = dataclasses.replace(data, skipped=tuple(skipped))
     if max_samples:
-        data = TaskData(
+        data = dataclasses.replace(
+            data,
             train=subsample(data.train, max_samples, seed),
             test=None if data.test is None else subsample(data.test, max_samples, seed),
-            num_classes=data.num_classes,
-            source=data.source,
         )
     return data

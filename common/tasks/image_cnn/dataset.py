@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from common.config import RunConfig
-from common.data import Samples, TaskData, check_labels
+from common.data import Samples, TaskData, check_labels, skip_or_raise
 from common.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -94,9 +94,16 @@ def read_image_folder(root: Path, config: RunConfig) -> tuple[Samples, list[str]
         raise DataError(f"{root}: the class folders hold no PNG, JPEG or DICOM files")
     files = _subsample_files(files, config.max_samples, config.seed)
     channels = _channels(files)
-    x = np.stack([read_image(f, config.image_size, channels) for f, _ in files])
-    y = np.asarray([label for _, label in files], dtype=np.int64)
-    return Samples(x, y), classes
+    images, labels = [], []
+    for f, label in files:
+        try:
+            images.append(read_image(f, config.image_size, channels))
+            labels.append(label)
+        except DataError as err:
+            skip_or_raise(err)  # bad-files=skip: left out and counted
+    if not images:
+        raise DataError(f"{root}: none of the {len(files)} image files could be read")
+    return Samples(np.stack(images), np.asarray(labels, dtype=np.int64)), classes
 
 
 def _subsample_files(files: list[tuple[Path, int]], max_samples: int, seed: int) -> list[tuple[Path, int]]:
@@ -115,14 +122,15 @@ def _subsample_files(files: list[tuple[Path, int]], max_samples: int, seed: int)
 
 def _channels(files: list[tuple[Path, int]]) -> int:
     """RGB if the first decodable image is colour, else grayscale."""
-    first = files[0][0]
-    if first.suffix.lower() in DICOM_SUFFIXES:
-        return 1
-    try:
-        with Image.open(first) as image:
-            return 3 if image.mode in ("RGB", "RGBA", "P") else 1
-    except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"{first}: not a readable image ({err}); remove or replace it") from err
+    for path, _ in files:
+        if path.suffix.lower() in DICOM_SUFFIXES:
+            return 1
+        try:
+            with Image.open(path) as image:
+                return 3 if image.mode in ("RGB", "RGBA", "P") else 1
+        except (OSError, UnidentifiedImageError) as err:
+            skip_or_raise(DataError(f"{path}: not a readable image ({err}); remove or replace it"))
+    return 1
 
 
 def read_image(path: Path, size: int, channels: int) -> np.ndarray:

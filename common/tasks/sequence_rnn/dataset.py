@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
-from common.data import Samples, TaskData, check_labels
+from common.data import Samples, TaskData, check_labels, skip_or_raise
 from common.errors import DataError
 
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
@@ -40,7 +40,16 @@ def load_sequences(path: str, config: RunConfig) -> TaskData:
     records = sorted(h.stem for h in p.glob("*.hea"))
     if not records:
         raise DataError(f"{path}: no WFDB header (.hea) files in this folder")
-    parts = [read_record(p / r) for r in records]
+    parts, kept = [], []
+    for r in records:
+        try:
+            parts.append(read_record(p / r))
+            kept.append(r)
+        except DataError as err:
+            skip_or_raise(err)  # bad-files=skip: the record is left out and counted
+    if not parts:
+        raise DataError(f"{path}: none of the {len(records)} WFDB records could be read")
+    records = kept
     x = np.concatenate([b for b, _ in parts])
     y = np.concatenate([lab for _, lab in parts])
     groups = np.concatenate([np.full(len(lab), r, dtype=object) for r, (_, lab) in zip(records, parts, strict=True)])

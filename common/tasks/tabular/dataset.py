@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
-from common.data import Samples, TaskData, check_labels
+from common.data import Samples, TaskData, check_labels, skip_or_raise
 from common.errors import DataError
 
 BUILTIN_BREAST_CANCER = "builtin:breast-cancer"
@@ -71,19 +71,19 @@ def read_heart_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             continue
         cells = [c.strip() for c in line.split(",")]
         if len(cells) != len(HEART_COLUMNS):
-            raise DataError(
+            skip_or_raise(DataError(
                 f"{path}, line {number}: {len(cells)} columns, expected {len(HEART_COLUMNS)} "
                 f"({', '.join(HEART_COLUMNS)})"
-            )
+            ))
+            continue
         wanted = [cells[i] for i in keep] + [cells[-1]]
         if "?" in wanted:
             continue  # missing value: the row is dropped, as in FLamby
         try:
             values = [float(c) for c in wanted]
         except ValueError:
-            raise DataError(
-                f"{path}, line {number}: a cell is not a number ({line.strip()[:60]!r})"
-            ) from None
+            skip_or_raise(DataError(f"{path}, line {number}: a cell is not a number ({line.strip()[:60]!r})"))
+            continue
         rows.append(values[:-1])
         labels.append(int(values[-1] > 0))
     if not rows:
@@ -113,13 +113,18 @@ def read_csv_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | Non
             rows, labels, groups = [], [], []
             for number, row in enumerate(reader, start=2):
                 try:
-                    rows.append([float(row[c]) for c in features])
-                    labels.append(int(float(row["label"])))
-                except (TypeError, ValueError):
-                    raise DataError(
+                    values = [float(row[c]) for c in features]
+                    label = int(float(row["label"]))
+                    if not np.isfinite(values).all():
+                        raise ValueError("not finite")
+                except (TypeError, ValueError, OverflowError):
+                    skip_or_raise(DataError(
                         f"{path}, line {number}: a cell is empty or not a number; "
-                        "clean the file or drop the row"
-                    ) from None
+                        "clean the file or drop the row (or set bad-files=skip)"
+                    ))
+                    continue
+                rows.append(values)
+                labels.append(label)
                 groups.append(row.get("hospital"))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{path}: cannot read this CSV ({err})") from err
