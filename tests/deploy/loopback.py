@@ -86,12 +86,12 @@ class LoopbackFederation:
         result = self.flwr("supernode", "register", str(self.keys / f"{name}.pub"), "fed")
         assert result.returncode == 0, result.stdout + result.stderr
 
-    def start_node(self, name: str, data: Path, cold: bool = False) -> subprocess.Popen:
+    def start_node(self, name: str, data: Path, cold: bool = False, *extra: str) -> subprocess.Popen:
         return self.start(
             f"node-{name}", "supernode", "--superlink", f"127.0.0.1:{self.port}",
             "--ca", str(self.certs / "ca.crt"), "--key", str(self.keys / name),
             "--data", str(data), "--hospital", name, "--port", str(free_port()),
-            *(["--cold"] if cold else []),
+            *(["--cold"] if cold else []), *extra,
         )
 
     def online_nodes(self) -> int:
