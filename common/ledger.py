@@ -77,16 +77,37 @@ class PrivacyLedger:
             raise LedgerError(f"privacy-ledger={self.path} is a folder; give a file path, e.g. {self.path}/ledger.sqlite")
         if not self.path.parent.is_dir():
             raise LedgerError(f"privacy-ledger={self.path}: folder {self.path.parent} does not exist; create it first")
-        try:
-            self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._init_schema()
-        except sqlite3.DatabaseError as err:
-            raise LedgerError(
-                f"privacy-ledger={self.path} is not a fedward privacy ledger ({err}); "
-                "point privacy-ledger at the hospital's ledger or at a new file"
-            ) from None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._db = None  # type: ignore[assignment]
+            try:
+                self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._init_schema()
+                return
+            except sqlite3.OperationalError as err:
+                # Another process is creating or switching the same file to WAL right now:
+                # SQLite answers "locked" without waiting on its busy handler. Try again.
+                self._close_quietly()
+                if "locked" not in str(err) and "busy" not in str(err):
+                    raise self._not_a_ledger(err) from None
+                if time.monotonic() > deadline:
+                    raise LedgerError(f"privacy-ledger={self.path} stayed locked by another process for {timeout_s:g} s") from None
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as err:
+                self._close_quietly()
+                raise self._not_a_ledger(err) from None
+
+    def _close_quietly(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+    def _not_a_ledger(self, err: Exception) -> LedgerError:
+        return LedgerError(
+            f"privacy-ledger={self.path} is not a fedward privacy ledger ({err}); "
+            "point privacy-ledger at the hospital's ledger or at a new file"
+        )
 
     def close(self) -> None:
         self._db.close()

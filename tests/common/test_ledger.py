@@ -91,7 +91,7 @@ def test_sigkill_never_leaves_less_spent_than_was_sent(tmp_path: Path):
 @pytest.mark.slow
 def test_two_runs_at_once_cannot_overspend(tmp_path: Path):
     ledger = tmp_path / "l.sqlite"
-    budget = 3.0
+    budget = 2.0
     fits = next(n for n in range(1, 10_000) if epsilon_spent([STEP] * (n + 1), 1e-5) > budget)
     procs = [worker(ledger, tmp_path / f"sent-{i}.log", budget) for i in range(2)]
     while not all(Path(f"{tmp_path}/sent-{i}.log.ready").exists() for i in range(2)):
