@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 from client.hospital import HospitalData, hospital_data, node_settings
 from client.node_privacy import node_privacy
 from client.privacy_state import RunAccount
+from client.secure import is_masked_stage, masked_reply, secagg_when_asked
 from common.calibration import prior_corrected
 from common.config import RunConfig
 from common.device import pick_device
@@ -27,27 +28,29 @@ from common.tasks import get_task, resolve
 app = ClientApp()
 
 
-def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData]:
-    config = resolve(RunConfig.from_mapping(dict(msg.content["config"])))
+def _setup(content: RecordDict, context: Context) -> tuple[RunConfig, HospitalData]:
+    config = resolve(RunConfig.from_mapping(dict(content["config"])))
     return config, hospital_data(config, node_settings(context.node_config))
 
 
-def _reply(msg: Message, hospital: HospitalData, metrics: dict, arrays=None, refusal: str = "") -> Message:  # type: ignore[no-untyped-def]
+def _reply(hospital: HospitalData, metrics: dict, arrays=None, refusal: str = "") -> RecordDict:  # type: ignore[no-untyped-def]
     content = RecordDict({"metrics": MetricRecord(metrics), "hospital": ConfigRecord({"name": hospital.name})})
     if arrays is not None:
         content["arrays"] = arrays
     if refusal:
         reason, _, detail = refusal.partition(": ")
         content["refusal"] = ConfigRecord({"reason": reason, "detail": detail})
-    return Message(content=content, reply_to=msg)
+    return content
 
 
-def _account(msg: Message, context: Context, config: RunConfig, hospital: HospitalData) -> RunAccount:
+def _account(
+    content: RecordDict, flwr_run_id: int, context: Context, config: RunConfig, hospital: HospitalData,
+) -> RunAccount:
     """The run's DP account: the hospital's ledger line, or the node's context without one."""
     privacy = node_privacy(node_settings(context.node_config))
     delta = privacy.delta_for(len(hospital.train), config.delta)
     line = DatasetLine(hospital.fingerprint, hospital.name, privacy.budget, delta)
-    run_id = str(msg.content["config"].get("fedward-run-id", f"flwr-{msg.metadata.run_id}"))
+    run_id = str(content["config"].get("fedward-run-id", f"flwr-{flwr_run_id}"))
     return RunAccount(context, config, privacy, line, run_id, len(hospital.train))
 
 
@@ -59,22 +62,31 @@ def _no_dp(context: Context) -> None:
         )
 
 
-@app.train()
+@app.train(mods=[secagg_when_asked])
 def train(msg: Message, context: Context) -> Message:
-    config, hospital = _setup(msg, context)
+    """Plain rounds answer the server directly. Under secure aggregation Flower's
+    SecAgg+ mod runs the key exchange itself and hands only the masked-vectors stage
+    here, in the legacy FitIns form; `client.secure` translates it both ways."""
+    if is_masked_stage(msg):
+        return masked_reply(msg, lambda content: _train(content, context, msg.metadata.run_id), context)
+    return Message(content=_train(msg.content, context, msg.metadata.run_id), reply_to=msg)
+
+
+def _train(content: RecordDict, context: Context, flwr_run_id: int) -> RecordDict:
+    config, hospital = _setup(content, context)
     task = get_task(config.task)
     model = task.build_model(hospital.input_shape, hospital.num_classes, config)
-    load_arrays(model, msg.content["arrays"])
-    server_round = int(msg.content["config"].get("server-round", 0))
+    load_arrays(model, content["arrays"])
+    server_round = int(content["config"].get("server-round", 0))
     account = None
     try:
-        account = _account(msg, context, config, hospital) if config.dp else _no_dp(context)
+        account = _account(content, flwr_run_id, context, config, hospital) if config.dp else _no_dp(context)
         dp = account.reserve(server_round) if account else None
     except BudgetExceeded as refusal:
         if account:
             account.close()
         print(f"hospital {hospital.name} refused round {server_round}: {refusal}", flush=True)
-        return _reply(msg, hospital, {"num-examples": 0}, refusal=str(refusal))
+        return _reply(hospital, {"num-examples": 0}, refusal=str(refusal))
     seed = config.seed * 100_003 + server_round * 1_009 + zlib.crc32(hospital.name.encode()) % 997
     start = time.perf_counter()
     try:
@@ -95,12 +107,12 @@ def train(msg: Message, context: Context) -> Message:
         "seconds": seconds,
         "skipped-files": hospital.skipped_files,
     }
-    return _reply(msg, hospital, metrics, update)
+    return _reply(hospital, metrics, update)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    config, hospital = _setup(msg, context)
+    config, hospital = _setup(msg.content, context)
     task = get_task(config.task)
     model = task.build_model(hospital.input_shape, hospital.num_classes, config)
     load_arrays(model, msg.content["arrays"])
@@ -111,13 +123,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     scores = task.evaluate(model, hospital.test, device)
     metrics = {"num-examples": len(hospital.test), **scores, "seconds": time.perf_counter() - start,
                "skipped-files": hospital.skipped_files}
-    return _reply(msg, hospital, metrics)
+    return Message(content=_reply(hospital, metrics), reply_to=msg)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """The shape of this hospital's data, so a server without data can build the model."""
-    config, hospital = _setup(msg, context)
+    config, hospital = _setup(msg.content, context)
     spec = {"num-examples": len(hospital.train), "num-classes": hospital.num_classes,
             "input-shape": [int(d) for d in hospital.input_shape]}
-    return _reply(msg, hospital, spec)
+    return Message(content=_reply(hospital, spec), reply_to=msg)

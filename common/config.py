@@ -94,6 +94,7 @@ class RunConfig:
     out_dir: str = "runs/latest"
     bad_files: str = "stop"  # an unreadable file/record/row: "stop" naming it, or "skip" and count
     resume: bool = False  # continue the run in out-dir from its last checkpoint
+    secure_aggregation: bool = False  # SecAgg+: the server sees only the masked sum of updates
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -157,6 +158,14 @@ class RunConfig:
             raise ConfigError(
                 f"outlier-factor={self.outlier_factor} must be > 1 (times the median update norm) or 0 to turn it off"
             )
+        if self.secure_aggregation:
+            if self.strategy in ("fedmedian", "fedtrimmedavg", "krum"):
+                raise ConfigError(
+                    f"secure-aggregation=true cannot go with strategy={self.strategy}: it needs each "
+                    "hospital's update, which secure aggregation hides; use fedavg, fedprox or fedadam/fedyogi/fedadagrad"
+                )
+            if self.min_hospitals < 2:
+                raise ConfigError("secure-aggregation=true needs min-hospitals >= 2 (3 or more to survive a dropout)")
         if self.proximal_mu < 0:
             raise ConfigError(f"proximal-mu={self.proximal_mu} must be >= 0")
         if not 0.0 <= self.trim_beta < 0.5:

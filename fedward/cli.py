@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=42)
     sim.add_argument("--bad-files", choices=("stop", "skip"), default="stop",
                      help="an unreadable image, record or row: stop naming it, or skip it and count it")
+    sim.add_argument("--secure-aggregation", action="store_true",
+                     help="SecAgg+: the server sees only the masked sum of the hospitals' updates")
     sim.add_argument("--out", help="run directory (default: runs/<time>-<task>)")
     sim.add_argument("--cpus-per-hospital", type=float, default=2.0)
     sim.add_argument("--gpus-per-hospital", type=float, default=0.0)
@@ -119,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         max_samples=args.max_samples, class_weighting=not args.no_class_weighting,
         prior_correction=not args.no_prior_correction,
         test_fraction=args.test_fraction, min_hospitals=args.hospitals, seed=args.seed, bad_files=args.bad_files,
+        secure_aggregation=args.secure_aggregation,
         out_dir=str(Path(out).resolve()),
     )
 
@@ -154,6 +157,7 @@ def simulate(args: argparse.Namespace) -> int:
     print(f"fedward: {config.task} on {config.data_path}, {hospitals} hospitals "
           f"({config.partition}), {config.num_server_rounds} rounds of {config.strategy}, "
           + (f"DP epsilon={config.epsilon:g} delta={config.delta:g}" if config.dp else "no DP")
+          + (", secure aggregation (SecAgg+)" if config.secure_aggregation else "")
           + (f", resuming {config.out_dir}" if config.resume else ""),
           flush=True)
     out_dir = run_simulation(config, hospitals, args.cpus_per_hospital, args.gpus_per_hospital)

@@ -23,10 +23,11 @@ from common.errors import DataError, FedwardError
 from common.serialization import load_arrays, to_arrays
 from common.tasks import get_task, load_data
 from server.exchange import send_and_receive
-from server.records import RunRecorder, save_checkpoint, save_final_model
+from server.records import RunRecorder, row_of, save_checkpoint, save_final_model
 from server.run_state import restore_strategy, start
 from server.report import model_card, write_model_card, write_report_png
 from server.screening import Rejection, screen
+from server.secure_round import secure_train
 from server.strategies import build_strategy
 
 
@@ -81,6 +82,8 @@ def _phase(
     split = "train" if train else "evaluate"
     _wait_for_hospitals(grid, config)  # Flower's node sampling would wait forever
     t0 = time.perf_counter()
+    if train and config.secure_aggregation:
+        return _secure_phase(grid, config, strategy, recorder, server_round, arrays, sent, t0)
     configure = strategy.configure_train if train else strategy.configure_evaluate
     replies = send_and_receive(grid, configure(server_round, arrays, sent, grid), config.round_timeout)
     accepted, rejected = screen(replies, arrays, train=train, outlier_factor=config.outlier_factor)
@@ -98,6 +101,25 @@ def _phase(
         aggregated, metrics = None, strategy.aggregate_evaluate(server_round, accepted)
     recorder.aggregate(server_round, split, metrics and dict(metrics), time.perf_counter() - t0)
     return aggregated if aggregated is not None else arrays
+
+
+def _secure_phase(
+    grid: Grid, config: RunConfig, strategy: Strategy, recorder: RunRecorder,
+    server_round: int, arrays: ArrayRecord, sent: ConfigRecord, t0: float,
+) -> ArrayRecord:
+    """The train phase under SecAgg+: only the hospitals' mean update is ever unmasked."""
+    outcome = secure_train(grid, config, strategy, server_round, arrays, sent)
+    recorder.reject(server_round, "train", outcome.rejections)
+    for hospital, metrics in outcome.hospitals:
+        recorder.write(server_round, hospital, "train", row_of(metrics))
+    if outcome.arrays is None or len(outcome.hospitals) < config.min_replies:
+        if outcome.arrays is not None:
+            reason = (f"round skipped: {len(outcome.hospitals)} hospitals completed the secure round, "
+                      f"min-replies={config.min_replies}; global model kept")
+            recorder.reject(server_round, "train", [Rejection("all", reason)])
+        return arrays
+    recorder.aggregate(server_round, "train", outcome.metrics and dict(outcome.metrics), time.perf_counter() - t0)
+    return outcome.arrays
 
 
 def _data_spec(grid: Grid, config: RunConfig) -> tuple[TaskData | None, tuple[int, ...], int]:

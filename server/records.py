@@ -37,7 +37,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _row(metrics: Any) -> dict[str, Any]:
+def row_of(metrics: Any) -> dict[str, Any]:
     """A MetricRecord's hyphenated keys as metrics.jsonl fields (train-loss -> loss)."""
     row = {key.replace("-", "_"): value for key, value in metrics.items()}
     row.setdefault("loss", row.pop("train_loss", None))
@@ -65,12 +65,12 @@ class RunRecorder:
     # ------------------------------------------------------------------ rounds
     def hospitals(self, server_round: int, split: str, replies: list[Message]) -> None:
         for msg in replies:
-            self.write(server_round, hospital_of(msg), split, _row(next(iter(msg.content.metric_records.values()))))
+            self.write(server_round, hospital_of(msg), split, row_of(next(iter(msg.content.metric_records.values()))))
 
     def aggregate(self, server_round: int, split: str, metrics: dict[str, Any] | None, seconds: float) -> None:
         if metrics is None:
             return
-        self.write(server_round, "all", split, {**_row(metrics), "seconds": seconds})
+        self.write(server_round, "all", split, {**row_of(metrics), "seconds": seconds})
 
     def reject(self, server_round: int, split: str, rejections: list[Rejection]) -> None:
         for r in rejections:

@@ -8,6 +8,7 @@ from (instruction, honest reply) to the reply that is actually sent.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from uuid import uuid4
 
@@ -52,8 +53,9 @@ class InProcessGrid(Grid):
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())
             node = msg.metadata.dst_node_id
+            received = copy.deepcopy(msg)  # as if serialised: a hospital cannot touch the server's objects
             try:
-                reply = self.client_app(msg, self.contexts[node])
+                reply = self.client_app(received, self.contexts[node])
             except Exception as err:  # what Flower's runtime turns into an error reply
                 reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
             if node in self.faults:

@@ -48,11 +48,15 @@ def finish(fed: LoopbackFederation, process: subprocess.Popen, timeout: float) -
 
 
 def test_three_hospitals_over_tls_with_node_auth(federation: LoopbackFederation, data_dir: Path, tmp_path: Path):
+    """DP and secure aggregation (SecAgg+) together, as a consortium would run them; the
+    plain train path over TLS is the one the dropout test below takes."""
     start_three(federation, data_dir)
     out = tmp_path / "run"
-    run = federation.run(f'data-path="" num-server-rounds=3 epsilon=3.0 min-hospitals=3 '
+    run = federation.run(f'data-path="" num-server-rounds=3 epsilon=3.0 min-hospitals=3 secure-aggregation=true '
                          f'round-timeout=300 out-dir="{out}"')
     finish(federation, run, timeout=600)
+    log = federation.log("run")  # the streamed ServerApp log may repeat lines
+    assert "Secure aggregation completed" in log and "Secure aggregation halted" not in log
     card = json.loads((out / "model_card.json").read_text())
     assert set(card["hospitals"]) == set(HOSPITALS)
     for name, info in card["hospitals"].items():

@@ -1,0 +1,154 @@
+"""Secure aggregation (SecAgg+): the server learns the mean update and nothing finer.
+
+The real round loop, Flower's SecAggPlusWorkflow, Flower's secaggplus_mod and the
+real ClientApp run in this process over tests.inprocess_grid. Four heart-disease
+hospitals, DP on, one round: training is seeded per round, so the plain and the
+secure run start from the same model and the hospitals compute the same updates.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Error, Message
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+import client.secure
+from client.app import app
+from common.config import RunConfig
+from common.errors import ConfigError
+from server.federation import run_federation
+from server.secure_round import error_bound
+from tests.inprocess_grid import InProcessGrid
+
+HOSPITALS = 4
+
+
+class WireTap(InProcessGrid):
+    """Keeps every reply the server pulls: all that server-side code ever holds."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.received: list[Message] = []
+
+    def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]
+        replies = list(super().pull_messages(message_ids))
+        self.received.extend(replies)
+        return replies
+
+
+def received_arrays(replies: list[Message]) -> list[np.ndarray]:
+    """Every array in the replies: ArrayRecords, and bytes in ConfigRecords that decode as arrays."""
+    found = []
+    for msg in replies:
+        if msg.has_error():
+            continue
+        for record in msg.content.array_records.values():
+            found += [a.numpy() for a in record.values()]
+        for record in msg.content.config_records.values():
+            for value in record.values():
+                for item in value if isinstance(value, list) else [value]:
+                    if isinstance(item, bytes):
+                        try:
+                            found.append(bytes_to_ndarray(item))
+                        except Exception:
+                            pass  # keys, ciphertexts and shares are not arrays
+    return found
+
+
+def run(tmp_path: Path, data_dir: Path, secure: bool, faults=None, rounds: int = 1):  # type: ignore[no-untyped-def]
+    # the MLP: weight matrices large enough for a correlation to mean something
+    config = RunConfig(data_path=str(data_dir / "heart_disease_uci"), model="mlp", partition="iid", num_server_rounds=rounds,
+                       min_hospitals=HOSPITALS, secure_aggregation=secure, out_dir=str(tmp_path))
+    nodes = [{"partition-id": i, "num-partitions": HOSPITALS} for i in range(HOSPITALS)]
+    grid = WireTap(app, nodes, faults)
+    run_federation(grid, config)
+    card = json.loads((tmp_path / "model_card.json").read_text())
+    return grid, card, torch.load(tmp_path / "final_model.pt")
+
+
+def train_sizes(run_dir: Path) -> list[int]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["num_examples"] for r in rows if r["split"] == "train" and r["hospital"] not in ("all", "server")]
+
+
+def max_difference(a: dict, b: dict) -> float:
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+@pytest.mark.slow
+def test_secure_mean_equals_fedavg_and_no_update_reaches_the_server(data_dir: Path, tmp_path: Path, monkeypatch):
+    updates: list[np.ndarray] = []  # what each hospital hands the SecAgg+ mod before masking
+    original = client.secure.ndarrays_to_parameters
+    monkeypatch.setattr(client.secure, "ndarrays_to_parameters",
+                        lambda arrays: (updates.extend(arrays), original(arrays))[1])
+
+    plain_grid, plain_card, plain_model = run(tmp_path / "plain", data_dir, secure=False)
+    secure_grid, secure_card, secure_model = run(tmp_path / "secure", data_dir, secure=True)
+
+    # The aggregate: plain FedAvg up to SecAgg+'s quantisation, within its stated bound.
+    sizes = train_sizes(tmp_path / "secure")
+    assert len(sizes) == HOSPITALS and sizes == train_sizes(tmp_path / "plain")
+    bound = error_bound(sizes, max(sizes)) + 1e-6  # + float32 rounding of the weights
+    difference = max_difference(secure_model, plain_model)
+    print(f"secure vs plain FedAvg: max |difference| {difference:.2e}, bound {bound:.2e}")
+    assert difference <= bound
+    assert not secure_card["rejected_replies"]
+
+    # The server never held one hospital's update: no array it received correlates with one.
+    def best_match(replies: list[Message], secrets: list[np.ndarray]) -> float:
+        secrets = [s.ravel().astype(np.float64) for s in secrets if s.size >= 100]
+        assert len(secrets) >= HOSPITALS
+        scores = []
+        for received in received_arrays(replies):
+            for secret in secrets:
+                if received.size == secret.size and np.std(received) > 0:
+                    scores.append(abs(float(np.corrcoef(received.ravel().astype(np.float64), secret)[0, 1])))
+        assert len(scores) >= HOSPITALS**2, "every hospital's reply was compared with every update"
+        return max(scores)
+
+    secure_train_replies = [m for m in secure_grid.received if m.metadata.message_type == "train"]
+    assert all(len(r) == 0 for m in secure_train_replies if not m.has_error()
+               for r in m.content.array_records.values()), "no weights in any secure train reply"
+    assert best_match(secure_grid.received, updates) < 0.5  # chance level: about 1/sqrt(size)
+    # The same check finds the hospitals' weights on the wire of a plain run: it can fail.
+    plain_weights = [a.numpy() for m in plain_grid.received if m.metadata.message_type == "train"
+                     for a in m.content["arrays"].values()]
+    assert best_match(plain_grid.received, plain_weights) > 0.99
+
+
+def dies_before_sending_its_masked_update(msg: Message, reply: Message) -> Message:
+    stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get("stage")
+    if stage == "collect_masked_vectors":
+        return Message(Error(code=0, reason="SuperNode lost"), reply_to=msg)
+    return reply
+
+
+def dies_in_training(msg: Message, reply: Message) -> Message:
+    if msg.metadata.message_type == "train":
+        return Message(Error(code=0, reason="SuperNode lost"), reply_to=msg)
+    return reply
+
+
+@pytest.mark.slow
+def test_a_hospital_that_drops_out_mid_protocol_is_unmasked_out(data_dir: Path, tmp_path: Path):
+    """Hospital 3 takes part in the key exchange, then dies: the round completes with the
+    other three, and their mean is what plain FedAvg of those three gives."""
+    _, card, secure_model = run(tmp_path / "secure", data_dir, secure=True, faults={3: dies_before_sending_its_masked_update})
+    _, _, plain_model = run(tmp_path / "plain", data_dir, secure=False, faults={3: dies_in_training})
+    reasons = [(r["hospital"], r["reason"]) for r in card["rejected_replies"]]
+    assert reasons == [("hospital-3", "left the secure round: SuperNode lost")]
+    sizes = train_sizes(tmp_path / "secure")
+    assert len(sizes) == HOSPITALS - 1
+    assert max_difference(secure_model, plain_model) <= error_bound(sizes, max(sizes)) + 1e-6
+
+
+def test_secure_aggregation_refuses_strategies_that_need_single_updates():
+    for strategy in ("krum", "fedmedian", "fedtrimmedavg"):
+        with pytest.raises(ConfigError, match=f"secure-aggregation=true cannot go with strategy={strategy}"):
+            RunConfig(secure_aggregation=True, strategy=strategy).validate()
