@@ -82,6 +82,11 @@ def model_card(
             "max_grad_norm": config.max_grad_norm if config.dp else None,
             "accountant": "opacus rdp",
         },
+        "secure_aggregation": {
+            "enabled": config.secure_aggregation,
+            "protocol": "SecAgg+ (Flower SecAggPlusWorkflow), updates quantised to 2^22 levels over +-8"
+            if config.secure_aggregation else None,
+        },
         "config": config.to_mapping(),
         "hospitals": hospitals,
         "rejected_replies": [r for r in rejections if r["hospital"] != "all"],

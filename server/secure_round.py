@@ -171,9 +171,12 @@ def _legacy_context(strategy: _OneRound, server_round: int, parameters: Paramete
 
 
 def _reason(errors: list[Message], node: int) -> str:
+    """Why a hospital left: its refusal (privacy budget) as a refusal, else the error."""
     for msg in errors:
         if msg.metadata.src_node_id == node:
-            return f"left the secure round: {msg.error.reason}"
+            text = msg.error.reason
+            _, refused, why = text.partition(" refused: ")
+            return f"refused: {why}" if refused else f"left the secure round: {text}"
     return "left the secure round (no reply within round-timeout)"
 
 

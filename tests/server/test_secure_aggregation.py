@@ -152,3 +152,18 @@ def test_secure_aggregation_refuses_strategies_that_need_single_updates():
     for strategy in ("krum", "fedmedian", "fedtrimmedavg"):
         with pytest.raises(ConfigError, match=f"secure-aggregation=true cannot go with strategy={strategy}"):
             RunConfig(secure_aggregation=True, strategy=strategy).validate()
+
+
+def test_a_hospital_out_of_budget_refuses_a_secure_round_and_the_others_go_on(tmp_path: Path):
+    """Under SecAgg+ a refusal looks like a dropout to the protocol; the card still says why."""
+    nodes = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
+    nodes[2].update({"privacy-ledger": str(tmp_path / "ledger.sqlite"), "epsilon-budget": 0.5})
+    config = RunConfig(num_server_rounds=1, epsilon=3.0, min_hospitals=3, secure_aggregation=True,
+                       out_dir=str(tmp_path / "run"))
+    run_federation(WireTap(app, nodes), config)
+    card = json.loads((tmp_path / "run" / "model_card.json").read_text())
+    refused = card["hospitals"]["hospital-2"]["rounds_refused"]
+    assert [r["round"] for r in refused] == [1] and refused[0]["reason"].startswith("refused: budget")
+    assert card["hospitals"]["hospital-0"]["rounds_trained"] == [1]
+    assert card["hospitals"]["hospital-1"]["rounds_trained"] == [1]
+    assert not card["rounds_skipped"] and card["secure_aggregation"]["enabled"]
