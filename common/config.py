@@ -95,6 +95,8 @@ class RunConfig:
     bad_files: str = "stop"  # an unreadable file/record/row: "stop" naming it, or "skip" and count
     resume: bool = False  # continue the run in out-dir from its last checkpoint
     secure_aggregation: bool = False  # SecAgg+: the server sees only the masked sum of updates
+    central_dp_noise: float = 0.0  # central (hospital-level) DP: noise multiplier on the mean update; 0 = off
+    central_dp_clip: float = 1.0  # central DP: each hospital's update is clipped to this L2 norm
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -166,6 +168,20 @@ class RunConfig:
                 )
             if self.min_hospitals < 2:
                 raise ConfigError("secure-aggregation=true needs min-hospitals >= 2 (3 or more to survive a dropout)")
+        if self.central_dp_noise < 0:
+            raise ConfigError(f"central-dp-noise={self.central_dp_noise} must be >= 0 (0 turns central DP off)")
+        _positive("central-dp-clip", self.central_dp_clip)
+        if self.central_dp_noise > 0:
+            if self.strategy not in ("fedavg", "fedprox"):
+                raise ConfigError(
+                    f"central-dp-noise > 0 needs strategy fedavg or fedprox (an unweighted mean of clipped "
+                    f"updates, whose sensitivity the noise is calibrated to); strategy={self.strategy}"
+                )
+            if self.secure_aggregation:
+                raise ConfigError(
+                    "central-dp-noise > 0 cannot go with secure-aggregation=true: the server clips each "
+                    "hospital's update, which secure aggregation hides; choose one"
+                )
         if self.proximal_mu < 0:
             raise ConfigError(f"proximal-mu={self.proximal_mu} must be >= 0")
         if not 0.0 <= self.trim_beta < 0.5:

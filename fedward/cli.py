@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an unreadable image, record or row: stop naming it, or skip it and count it")
     sim.add_argument("--secure-aggregation", action="store_true",
                      help="SecAgg+: the server sees only the masked sum of the hospitals' updates")
+    sim.add_argument("--central-dp-noise", type=float, default=0.0,
+                     help="central (hospital-level) DP: noise multiplier on the mean update (0: off)")
+    sim.add_argument("--central-dp-clip", type=float, default=1.0,
+                     help="central DP: each hospital's update is clipped to this L2 norm")
     sim.add_argument("--out", help="run directory (default: runs/<time>-<task>)")
     sim.add_argument("--cpus-per-hospital", type=float, default=2.0)
     sim.add_argument("--gpus-per-hospital", type=float, default=0.0)
@@ -122,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         prior_correction=not args.no_prior_correction,
         test_fraction=args.test_fraction, min_hospitals=args.hospitals, seed=args.seed, bad_files=args.bad_files,
         secure_aggregation=args.secure_aggregation,
+        central_dp_noise=args.central_dp_noise, central_dp_clip=args.central_dp_clip,
         out_dir=str(Path(out).resolve()),
     )
 
@@ -279,6 +284,12 @@ def print_summary(card: dict, out_dir: Path) -> None:
     for key in ("tstr-accuracy", "trtr-accuracy"):
         if key in final:
             print(f"{key} {_fmt(final[key])}")
+    if card.get("secure_aggregation", {}).get("enabled"):
+        print("secure aggregation (SecAgg+): the server saw only the masked sum of updates")
+    cdp = card.get("central_dp", {})
+    if cdp.get("enabled"):
+        print(f"central DP (hospital-level) epsilon {_fmt(cdp['epsilon'])} at delta {cdp['delta']:g}, "
+              f"{cdp['releases']} noisy rounds; the per-hospital epsilon below is sample-level")
     for name, info in card["hospitals"].items():
         print(f"  {name:<14} epsilon spent {_fmt(info['epsilon_spent'])} | "
               f"test accuracy {_fmt((info['final_test_metrics'] or {}).get('accuracy'))}")

@@ -22,6 +22,7 @@ from common.device import pick_device
 from common.errors import DataError, FedwardError
 from common.serialization import load_arrays, to_arrays
 from common.tasks import get_task, load_data
+from server import central_dp
 from server.exchange import send_and_receive
 from server.records import RunRecorder, row_of, save_checkpoint, save_final_model
 from server.run_state import restore_strategy, start
@@ -65,6 +66,10 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     extra = task.finish(model, data, config, out_dir, device) if task.finish else {}
     card = model_card(config, recorder.rows, recorder.rejections, extra, data.source if data else config.data_path)
     write_model_card(out_dir, card)
+    if card["central_dp"]["enabled"]:
+        c = card["central_dp"]
+        print(f"central DP (hospital-level): epsilon {c['epsilon']:.3f} at delta {c['delta']:g} after "
+              f"{c['releases']} noisy rounds (noise {c['noise_multiplier']:g}, clip {c['clipping_norm']:g})", flush=True)
     write_report_png(out_dir, recorder.rows)
     print(f"run finished: report in {out_dir}", flush=True)
     return out_dir
@@ -95,6 +100,8 @@ def _phase(
         reason = f"round skipped: {len(accepted)} usable {split} replies, min-replies={needed}; global model kept"
         recorder.reject(server_round, split, [Rejection("all", reason)])
         return arrays
+    if config.central_dp_noise > 0:
+        central_dp.before_aggregation(strategy, accepted, train)
     if train:
         aggregated, metrics = strategy.aggregate_train(server_round, accepted)
     else:

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from common.config import RunConfig  # noqa: E402
+from server import central_dp  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CODE_DIRS = ("common", "server", "client")
@@ -87,6 +88,7 @@ def model_card(
             "protocol": "SecAgg+ (Flower SecAggPlusWorkflow), updates quantised to 2^22 levels over +-8"
             if config.secure_aggregation else None,
         },
+        "central_dp": central_dp.card_section(config, rows),
         "config": config.to_mapping(),
         "hospitals": hospitals,
         "rejected_replies": [r for r in rejections if r["hospital"] != "all"],

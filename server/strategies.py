@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import (
 )
 
 from common.config import RunConfig
+from server import central_dp
 
 
 def weighted_nanmean(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -48,6 +49,10 @@ def build_strategy(config: RunConfig) -> Strategy:
         "evaluate_metrics_aggr_fn": weighted_nanmean,
     }
     name = config.strategy
+    if config.central_dp_noise > 0:  # unweighted FedAvg/FedProx inside Flower's DP wrapper
+        common["weighted_by_key"] = central_dp.WEIGHT_KEY
+        inner = FedAvg(**common) if name == "fedavg" else FedProx(proximal_mu=config.proximal_mu, **common)
+        return central_dp.wrap(inner, config)
     if name == "fedavg":
         return FedAvg(**common)
     if name == "fedprox":
