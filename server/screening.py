@@ -33,40 +33,54 @@ def screen(
     replies: list[Message], reference: ArrayRecord, train: bool, outlier_factor: float = 0.0,
 ) -> tuple[list[Message], list[Rejection]]:
     accepted: list[Message] = []
+    norms: list[float] = []
     rejected: list[Rejection] = []
-    shapes = {k: tuple(a.shape) for k, a in reference.items()}
+    ref = {k: a.numpy() for k, a in reference.items()}  # each array is decoded once per round
     for msg in replies:
-        reason = _problem(msg, shapes, train)
+        reason = _problem(msg, ref, train)
+        norm = 0.0
+        if reason is None and train:
+            norm, reason = _norm_or_problem(msg, ref)
         if reason is None:
             accepted.append(msg)
+            norms.append(norm)
         else:
             rejected.append(Rejection(hospital_of(msg), reason))
     if train and outlier_factor > 0 and len(accepted) >= 3:
-        accepted, outliers = _norm_outliers(accepted, reference, outlier_factor)
+        accepted, outliers = _norm_outliers(accepted, norms, outlier_factor)
         rejected.extend(outliers)
     return accepted, rejected
 
 
-def update_norm(msg: Message, reference: ArrayRecord) -> float:
-    """L2 norm of (hospital's weights - global weights) over all float arrays."""
+def _norm_or_problem(msg: Message, ref: dict[str, np.ndarray]) -> tuple[float, str | None]:
+    """One pass over the update: its norm, or the array holding NaN/Inf.
+
+    Squares are summed in the arrays' own float type, one BLAS dot per array: a NaN or
+    Inf anywhere makes that sum non-finite, and only then is the array searched.
+    """
     arrays = next(iter(msg.content.array_records.values()))
     total = 0.0
     for key, array in arrays.items():
         values = array.numpy()
-        if values.dtype.kind == "f":
-            diff = values.astype(np.float64) - reference[key].numpy().astype(np.float64)
-            total += float(np.dot(diff.ravel(), diff.ravel()))
-    return total**0.5
+        if values.dtype.kind != "f":
+            continue
+        diff = (values - ref[key]).ravel()
+        square = float(np.dot(diff, diff))
+        if not np.isfinite(square):
+            if not np.isfinite(values).all():
+                return 0.0, f"weight {key} holds NaN or Inf"
+            square = float(np.dot(diff.astype(np.float64), diff.astype(np.float64)))  # float32 overflow
+        total += square
+    return total**0.5, None
 
 
 def _norm_outliers(
-    accepted: list[Message], reference: ArrayRecord, factor: float,
+    accepted: list[Message], norms: list[float], factor: float,
 ) -> tuple[list[Message], list[Rejection]]:
     """Updates whose norm is more than `factor` x the median norm of this round's updates.
 
     Needs 3 or more updates: with two, nothing says which one is the odd one.
     """
-    norms = [update_norm(msg, reference) for msg in accepted]
     median = float(np.median(norms))
     keep, out = [], []
     for msg, norm in zip(accepted, norms, strict=True):
@@ -77,7 +91,8 @@ def _norm_outliers(
     return keep, out
 
 
-def _problem(msg: Message, shapes: dict[str, tuple[int, ...]], train: bool) -> str | None:
+def _problem(msg: Message, ref: dict[str, np.ndarray], train: bool) -> str | None:
+    """Structural problems: error, refusal, records, keys, shapes (read from the headers)."""
     if msg.has_error():
         return f"error reply: {msg.error.reason}"
     content = msg.content
@@ -91,12 +106,9 @@ def _problem(msg: Message, shapes: dict[str, tuple[int, ...]], train: bool) -> s
     if len(content.array_records) != 1:
         return "reply needs exactly one ArrayRecord"
     arrays = next(iter(content.array_records.values()))
-    if set(arrays.keys()) != set(shapes):
+    if set(arrays.keys()) != set(ref):
         return "weights have different keys from the global model"
     for key, array in arrays.items():
-        values = array.numpy()
-        if tuple(values.shape) != shapes[key]:
-            return f"weight {key} has shape {tuple(values.shape)}, expected {shapes[key]}"
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            return f"weight {key} holds NaN or Inf"
+        if tuple(array.shape) != ref[key].shape:
+            return f"weight {key} has shape {tuple(array.shape)}, expected {ref[key].shape}"
     return None
