@@ -10,6 +10,14 @@ SuperNode's Runtime API) but launches each ClientApp with `os.fork()` and calls
 Flower's `run_clientapp` in the child: same token handshake, same isolation from
 the parent's later state, none of the import cost.
 
+The fork happens in a zygote: a process forked once at start-up, after the
+imports and before the SuperExec loop opens its gRPC channel. A process with a
+live gRPC channel has about ten gRPC threads, and a child forked from it
+inherits whatever locks those threads held at that instant: gRPC does not support
+fork() without exec (unless GRPC_ENABLE_FORK_SUPPORT), and a ClientApp forked
+that way hung, rarely, after a SuperLink restart. The zygote never touches gRPC;
+the loop sends it each launch over a pipe.
+
 Tied to flwr 1.41's SuperExec internals (pinned in pyproject.toml); a test runs a
 real deployment through it.
 """
@@ -18,9 +26,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import signal
 import sys
-from typing import Any
+from typing import Any, BinaryIO
 
 from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec import run_superexec as superexec
@@ -33,36 +42,71 @@ from common.flower_latency import tighten_object_pull_backoff
 POLL_INTERVAL_S = "0.1"  # Flower's default of 1 s is felt twice per round
 
 
+class Zygote:
+    """A warm, gRPC-free process that forks one ClientApp per launch request."""
+
+    def __init__(self) -> None:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write)
+            _serve(os.fdopen(read, "rb"))
+            os._exit(0)
+        os.close(read)
+        self.pid = pid
+        self._requests = os.fdopen(write, "wb")
+
+    def launch(self, request: dict[str, Any]) -> None:
+        pickle.dump(request, self._requests)
+        self._requests.flush()
+
+
+def _serve(requests: BinaryIO) -> None:
+    """The zygote's loop; ends when the SuperExec loop (the pipe's writer) is gone."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # finished ClientApps are reaped by the kernel
+    while True:
+        try:
+            request = pickle.load(requests)
+        except (EOFError, OSError):
+            return
+        if os.fork() == 0:
+            requests.close()
+            os._exit(_run_clientapp(request))
+
+
+def _run_clientapp(request: dict[str, Any]) -> int:
+    code = 0
+    try:
+        run_clientapp(**request, runtime_dependency_install=False)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    except BaseException:  # noqa: BLE001 - report, then leave the child
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return code
+
+
 class ForkExecutor(SubprocessExecutor):
-    """Launch ClientApps by forking this warm process; anything else as Flower does."""
+    """Launch ClientApps through the zygote; anything else as Flower does."""
+
+    zygote: Zygote | None = None
 
     def launch(self, spec: ExecutionSpec) -> LaunchResult:
-        if spec.task_type != TaskType.CLIENT_APP:
+        if spec.task_type != TaskType.CLIENT_APP or self.zygote is None:
             return super().launch(spec)
         certificates = None
         if not spec.insecure and spec.root_certificates_path:
             with open(spec.root_certificates_path, "rb") as handle:
                 certificates = handle.read()
-        pid = os.fork()
-        if pid == 0:  # the ClientApp process
-            code = 0
-            try:
-                run_clientapp(
-                    runtime_api_address=spec.runtime_api_address, token=spec.token,
-                    insecure=spec.insecure, certificates=certificates,
-                    parent_pid=spec.parent_pid, runtime_dependency_install=False,
-                )
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
-            except BaseException:  # noqa: BLE001 - report, then leave the child
-                import traceback
-
-                traceback.print_exc()
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
+        self.zygote.launch({
+            "runtime_api_address": spec.runtime_api_address, "token": spec.token,
+            "insecure": spec.insecure, "certificates": certificates, "parent_pid": spec.parent_pid,
+        })
         return LaunchResult.accepted()
 
 
@@ -76,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
 
     tighten_object_pull_backoff()  # forked ClientApps inherit it
 
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # finished ClientApps are reaped by the kernel
+    ForkExecutor.zygote = Zygote()  # before run_superexec opens any gRPC channel
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the zygote is reaped by the kernel when it ends
 
     def executor(*_: Any, **__: Any) -> ForkExecutor:
         return ForkExecutor()

@@ -14,10 +14,16 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 POLL_S = 0.1
+# message id -> the node it was sent to: an error reply made by the SuperLink for a lost
+# node ("Node Unavailable") does not carry that node's id, its reply_to id does lead to it.
+DESTINATION: dict[str, int] = {}
 
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float, poll: float = POLL_S) -> list[Message]:
-    waiting = set(grid.push_messages(messages))
+    messages = list(messages)
+    ids = list(grid.push_messages(messages))
+    DESTINATION.update({i: m.metadata.dst_node_id for i, m in zip(ids, messages, strict=False)})
+    waiting = set(ids)
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
     while waiting:
@@ -25,6 +31,21 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float, po
         replies.extend(received)
         waiting -= {msg.metadata.reply_to_message_id for msg in received}
         if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+    return replies
+
+
+def first_answer(grid: Grid, messages: Iterable[Message], timeout: float, poll: float = POLL_S) -> list[Message]:
+    """Like send_and_receive, but done at the first reply without an error."""
+    waiting = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while waiting:
+        received = list(grid.pull_messages(waiting))
+        replies.extend(received)
+        waiting -= {msg.metadata.reply_to_message_id for msg in received}
+        if any(not m.has_error() for m in received) or time.monotonic() >= deadline:
             break
         time.sleep(poll)
     return replies

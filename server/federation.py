@@ -23,7 +23,7 @@ from common.errors import DataError, FedwardError
 from common.serialization import load_arrays, to_arrays
 from common.tasks import get_task, load_data
 from server import central_dp
-from server.exchange import send_and_receive
+from server.exchange import first_answer, send_and_receive
 from server.records import RunRecorder, row_of, save_checkpoint, save_final_model
 from server.run_state import restore_strategy, start
 from server.report import model_card, write_model_card, write_report_png
@@ -142,20 +142,20 @@ def _data_spec(grid: Grid, config: RunConfig) -> tuple[TaskData | None, tuple[in
         except DataError:
             if os.path.exists(config.data_path) or config.data_path.startswith("builtin:"):
                 raise
-    node = _first_node(grid, config)
-    query = Message(content=RecordDict({"config": ConfigRecord(config.to_mapping())}),
-                    message_type="query", dst_node_id=node)
-    replies = send_and_receive(grid, [query], config.round_timeout)
-    if not replies or replies[0].has_error():
-        reason = replies[0].error.reason if replies else "no reply"
-        raise FedwardError(f"could not learn the data shape from hospital node {node}: {reason}")
-    spec = next(iter(replies[0].content.metric_records.values()))
+    # Every connected hospital is asked and the first answer used: one slow or stuck
+    # hospital must not stop the run from starting.
+    nodes = _wait_for_hospitals(grid, config, needed=1)
+    content = RecordDict({"config": ConfigRecord(config.to_mapping())})
+    queries = [Message(content=content, message_type="query", dst_node_id=node) for node in nodes]
+    replies = first_answer(grid, queries, config.round_timeout)
+    good = [r for r in replies if not r.has_error()]
+    if not good:
+        reasons = "; ".join(r.error.reason for r in replies) or "no reply"
+        raise FedwardError(f"could not learn the data shape from any of {len(nodes)} hospitals "
+                           f"within round-timeout={config.round_timeout:g} s: {reasons}")
+    spec = next(iter(good[0].content.metric_records.values()))
     shape = tuple(int(d) for d in spec["input-shape"])  # type: ignore[union-attr]
     return None, shape, int(spec["num-classes"])  # type: ignore[arg-type]
-
-
-def _first_node(grid: Grid, config: RunConfig) -> int:
-    return _wait_for_hospitals(grid, config, needed=1)[0]
 
 
 def _wait_for_hospitals(grid: Grid, config: RunConfig, needed: int | None = None) -> list[int]:

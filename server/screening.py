@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
+from server.exchange import DESTINATION
+
 
 @dataclass(frozen=True)
 class Rejection:
@@ -21,12 +23,18 @@ class Rejection:
     reason: str
 
 
+_NAMES: dict[int, str] = {}  # node id -> hospital name, from this process's earlier replies
+
+
 def hospital_of(msg: Message) -> str:
+    """The hospital's name: from the reply, else from an earlier reply of the same node."""
+    node = DESTINATION.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
     if not msg.has_error():
         record = msg.content.config_records.get("hospital")
         if record is not None and "name" in record:
-            return str(record["name"])
-    return f"node-{msg.metadata.src_node_id}"
+            _NAMES[node] = str(record["name"])
+            return _NAMES[node]
+    return _NAMES.get(node, f"node-{node}")
 
 
 def screen(

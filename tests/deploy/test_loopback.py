@@ -14,6 +14,7 @@ import pytest
 
 from client.hospital import hospital_data
 from common.config import RunConfig
+from common.ledger import PrivacyLedger
 from common.metrics import majority_baseline
 from tests.deploy.loopback import BIN, LoopbackFederation, free_port
 
@@ -116,19 +117,62 @@ def test_plaintext_client_is_refused(federation: LoopbackFederation, data_dir: P
     assert "Connection attempt failed" in output and "SuperNode ID" not in output, output[-2000:]
 
 
-def test_a_hospital_killed_mid_run_does_not_stop_the_run(federation: LoopbackFederation, data_dir: Path, tmp_path: Path):
-    start_three(federation, data_dir)
-    out = tmp_path / "run"
-    run = federation.run(f'data-path="" num-server-rounds=2 min-hospitals=2 round-timeout=40 '
-                         f'out-dir="{out}"')
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoints" / "round-0001.pkl").exists():  # round 1 done by all three
-        assert time.monotonic() < deadline and run.poll() is None, federation.log("run")[-3000:]
-        time.sleep(1)
-    federation.stop("node-va")
-    finish(federation, run, timeout=600)
-    card = json.loads((out / "model_card.json").read_text())
-    assert card["hospitals"]["va"]["rounds_trained"] == [1]
-    assert card["hospitals"]["va"]["rounds_missed"] == [2]
-    assert card["hospitals"]["cleveland"]["rounds_trained"] == [1, 2]
+def wait_for(path: Path, run: subprocess.Popen, fed: LoopbackFederation, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline and run.poll() is None, fed.log("run")[-3000:]
+        time.sleep(0.2)
 
+
+def test_server_killed_and_resumed_then_a_hospital_killed_the_run_completes(
+    federation: LoopbackFederation, data_dir: Path, tmp_path: Path,
+):
+    """Two faults in one federation (one set-up, which is most of the cost):
+    round 2 under way: the SuperLink and its ServerApp are SIGKILLed, the SuperLink is
+    restarted on its state database and the run resumed (resume=true); round 3: a
+    hospital's SuperNode is SIGKILLed and the run finishes without it, within round-timeout."""
+    federation.make_certs(*HOSPITALS)
+    federation.start_superlink()
+    for name in HOSPITALS:
+        federation.register(name)
+        federation.start_node(name, data_dir / "heart_disease_uci" / f"processed.{name}.data", False,
+                              "--ledger", str(tmp_path / f"{name}-ledger.sqlite"), "--epsilon-budget", "10")
+    federation.wait_online(3)
+    out = tmp_path / "run"
+    settings = f'data-path="" num-server-rounds=3 epsilon=3.0 min-hospitals=2 round-timeout=30 out-dir="{out}"'
+    run = federation.run(settings)
+    wait_for(out / "checkpoints" / "round-0001.pkl", run, federation)
+    time.sleep(1.0)  # round 2 is under way at the hospitals
+    federation.stop("superlink")  # the server machine dies: SuperLink and its ServerApp process
+    federation.stop("run")
+    assert not (out / "model_card.json").exists()
+
+    federation.start_superlink()  # same state database; the SuperNodes reconnect by themselves
+    federation.wait_online(3, timeout=180)
+    run = federation.run(f"{settings} resume=true")
+    wait_for(out / "checkpoints" / "round-0002.pkl", run, federation)
+    federation.stop("node-va")  # a hospital dies during round 3
+    finish(federation, run, timeout=300)
+    assert "resuming run" in federation.log("run")
+
+    card = json.loads((out / "model_card.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["round"], r["hospital"], r["split"]) for r in rows]
+    assert len(keys) == len(set(keys)), "metrics continued, not duplicated"
+    assert {r["round"] for r in rows} == {1, 2, 3}
+    assert set(card["hospitals"]) == set(HOSPITALS), "a lost node's error reply is named after its hospital"
+    trained = {name: card["hospitals"][name]["rounds_trained"] for name in HOSPITALS}
+    assert all(1 in rounds for rounds in trained.values()), trained
+    # After a SuperLink restart a SuperNode may hold its first reply past round-timeout
+    # (deploy/README.md, known issues): round 2 needs 2 of 3, and that hospital is back in round 3.
+    assert sum(2 in rounds for rounds in trained.values()) >= 2, trained
+    assert 3 in trained["cleveland"] and 3 in trained["hungarian"], trained
+    assert 3 in card["hospitals"]["va"]["rounds_missed"]
+    for name in HOSPITALS:
+        with PrivacyLedger(tmp_path / f"{name}-ledger.sqlite") as ledger:
+            (line,) = ledger.datasets()
+            charged = [c.round for c in ledger.charges(line.fingerprint)]
+            assert charged == sorted(set(charged)) and set(trained[name]) <= set(charged), (name, charged)
+            if charged[-1] == trained[name][-1]:  # the card's last epsilon is the ledger's total
+                assert ledger.spent(line.fingerprint, line.delta) == pytest.approx(
+                    card["hospitals"][name]["epsilon_spent"], abs=1e-9)
