@@ -30,8 +30,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 
 from common.errors import FedwardError
+from common.serialization import ARRAY_KEYS
 
-ARRAY_KEYS = "fedward-array-keys"  # newline-separated names of the FitIns arrays, in order
 CLIPPED = "secagg-clipped-values"  # update values outside the quantiser's range (sent clipped)
 
 

@@ -8,6 +8,9 @@ from flwr.app import ArrayRecord
 from common.errors import FedwardError
 
 _OPACUS_PREFIX = "_module."
+# Secure rounds send weights as a legacy FitIns (a list, no names): this run-config entry
+# carries their names, newline-separated, in order.
+ARRAY_KEYS = "fedward-array-keys"
 
 
 def to_arrays(module: torch.nn.Module) -> ArrayRecord:

@@ -19,7 +19,11 @@ POLL_S = 0.1
 DESTINATION: dict[str, int] = {}
 
 
-def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float, poll: float = POLL_S) -> list[Message]:
+def send_and_receive(
+    grid: Grid, messages: Iterable[Message], timeout: float, poll: float = POLL_S, until_first: bool = False,
+) -> list[Message]:
+    """Replies until all are in or `timeout`; with `until_first`, stop at the first one
+    without an error (one answer from any hospital is enough)."""
     messages = list(messages)
     ids = list(grid.push_messages(messages))
     DESTINATION.update({i: m.metadata.dst_node_id for i, m in zip(ids, messages, strict=False)})
@@ -30,22 +34,8 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float, po
         received = list(grid.pull_messages(waiting))
         replies.extend(received)
         waiting -= {msg.metadata.reply_to_message_id for msg in received}
-        if not waiting or time.monotonic() >= deadline:
-            break
-        time.sleep(poll)
-    return replies
-
-
-def first_answer(grid: Grid, messages: Iterable[Message], timeout: float, poll: float = POLL_S) -> list[Message]:
-    """Like send_and_receive, but done at the first reply without an error."""
-    waiting = set(grid.push_messages(messages))
-    deadline = time.monotonic() + timeout
-    replies: list[Message] = []
-    while waiting:
-        received = list(grid.pull_messages(waiting))
-        replies.extend(received)
-        waiting -= {msg.metadata.reply_to_message_id for msg in received}
-        if any(not m.has_error() for m in received) or time.monotonic() >= deadline:
+        answered = until_first and any(not m.has_error() for m in received)
+        if not waiting or answered or time.monotonic() >= deadline:
             break
         time.sleep(poll)
     return replies

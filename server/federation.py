@@ -23,7 +23,7 @@ from common.errors import DataError, FedwardError
 from common.serialization import load_arrays, to_arrays
 from common.tasks import get_task, load_data
 from server import central_dp
-from server.exchange import first_answer, send_and_receive
+from server.exchange import send_and_receive
 from server.records import RunRecorder, row_of, save_checkpoint, save_final_model
 from server.run_state import restore_strategy, start
 from server.report import model_card, write_model_card, write_report_png
@@ -119,11 +119,12 @@ def _secure_phase(
     recorder.reject(server_round, "train", outcome.rejections)
     for hospital, metrics in outcome.hospitals:
         recorder.write(server_round, hospital, "train", row_of(metrics))
-    if outcome.arrays is None or len(outcome.hospitals) < config.min_replies:
-        if outcome.arrays is not None:
-            reason = (f"round skipped: {len(outcome.hospitals)} hospitals completed the secure round, "
-                      f"min-replies={config.min_replies}; global model kept")
-            recorder.reject(server_round, "train", [Rejection("all", reason)])
+    if outcome.arrays is None:  # the reason is among outcome.rejections
+        return arrays
+    if len(outcome.hospitals) < config.min_replies:
+        reason = (f"round skipped: {len(outcome.hospitals)} hospitals completed the secure round, "
+                  f"min-replies={config.min_replies}; global model kept")
+        recorder.reject(server_round, "train", [Rejection("all", reason)])
         return arrays
     recorder.aggregate(server_round, "train", outcome.metrics and dict(outcome.metrics), time.perf_counter() - t0)
     return outcome.arrays
@@ -147,7 +148,7 @@ def _data_spec(grid: Grid, config: RunConfig) -> tuple[TaskData | None, tuple[in
     nodes = _wait_for_hospitals(grid, config, needed=1)
     content = RecordDict({"config": ConfigRecord(config.to_mapping())})
     queries = [Message(content=content, message_type="query", dst_node_id=node) for node in nodes]
-    replies = first_answer(grid, queries, config.round_timeout)
+    replies = send_and_receive(grid, queries, config.round_timeout, until_first=True)
     good = [r for r in replies if not r.has_error()]
     if not good:
         reasons = "; ".join(r.error.reason for r in replies) or "no reply"

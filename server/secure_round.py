@@ -39,10 +39,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
+from common.serialization import ARRAY_KEYS
 from server.exchange import send_and_receive
 from server.screening import Rejection
+from server.strategies import weighted_nanmean
 
-ARRAY_KEYS = "fedward-array-keys"  # the same name client.secure reads
 CLIPPING_RANGE = 8.0  # update values are clipped to +-this before quantisation
 QUANTIZATION_RANGE = 2**22
 MODULUS_RANGE = 2**32
@@ -200,12 +201,9 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
 
 def _as_reply(arrays: ArrayRecord, hospitals: list[tuple[str, dict[str, Any]]]) -> Message:
     """The securely averaged weights as one train reply, weighted by all examples."""
+    records = [RecordDict({"metrics": MetricRecord(m)}) for _, m in hospitals]
+    means = weighted_nanmean(records, "num-examples")
     total = sum(m["num-examples"] for _, m in hospitals)
-    means: dict[str, float] = {}
-    for key in {k for _, m in hospitals for k in m} - {"num-examples"}:
-        pairs = [(m["num-examples"], m[key]) for _, m in hospitals if key in m and np.isfinite(m[key])]
-        if pairs and sum(w for w, _ in pairs) > 0:
-            means[key] = sum(w * v for w, v in pairs) / sum(w for w, _ in pairs)
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": total, **means})})
     instruction = Message(content=RecordDict(), message_type="train", dst_node_id=0)
     return Message(content=content, reply_to=instruction)

@@ -61,9 +61,9 @@ def received_arrays(replies: list[Message]) -> list[np.ndarray]:
     return found
 
 
-def run(tmp_path: Path, data_dir: Path, secure: bool, faults=None, rounds: int = 1):  # type: ignore[no-untyped-def]
+def run(tmp_path: Path, data_dir: Path, secure: bool, faults=None):  # type: ignore[no-untyped-def]
     # the MLP: weight matrices large enough for a correlation to mean something
-    config = RunConfig(data_path=str(data_dir / "heart_disease_uci"), model="mlp", partition="iid", num_server_rounds=rounds,
+    config = RunConfig(data_path=str(data_dir / "heart_disease_uci"), model="mlp", partition="iid", num_server_rounds=1,
                        min_hospitals=HOSPITALS, secure_aggregation=secure, out_dir=str(tmp_path))
     nodes = [{"partition-id": i, "num-partitions": HOSPITALS} for i in range(HOSPITALS)]
     grid = WireTap(app, nodes, faults)
