@@ -1,6 +1,9 @@
 """Round overhead of a real deployment on loopback: one JSON line per round.
 
-    .venv/bin/python benchmarks/deploy_round_overhead.py [--rounds 3] [--modes cold warm]
+    .venv/bin/python benchmarks/deploy_round_overhead.py [--rounds 3] [--modes cold warm] [--keep DIR]
+
+`--keep DIR` leaves each mode's processes' logs in DIR/MODE (with FLWR_LOG_LEVEL=DEBUG
+they carry millisecond timestamps, for a timeline of one message).
 
 Three heart-disease hospitals, TLS and node auth, the tabular task with DP, once
 with Flower's stock executor (`cold`: a fresh ClientApp process per message) and
@@ -60,14 +63,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=["cold", "warm"], choices=["cold", "warm"])
+    parser.add_argument("--keep", type=Path, help="keep each mode's logs and run directory here")
     args = parser.parse_args()
     for mode in args.modes:
-        measure(mode, args.rounds)
+        measure(mode, args.rounds, args.keep)
     print(json.dumps({"measure": "clientapp_import_s", "seconds": round(import_cost(), 2)}))
 
 
-def measure(mode: str, rounds: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+def measure(mode: str, rounds: int, keep: Path | None) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = scratch
+        if keep is not None:
+            tmp = str(keep / mode)
+            Path(tmp).mkdir(parents=True, exist_ok=True)
         fed = LoopbackFederation(Path(tmp))
         try:
             fed.make_certs(*HOSPITALS)

@@ -8,7 +8,8 @@ Started with `flower-supernode --isolation process`, this process does what
 `flower-superexec` does (it runs Flower's own `run_superexec` loop against the
 SuperNode's Runtime API) but launches each ClientApp with `os.fork()` and calls
 Flower's `run_clientapp` in the child: same token handshake, same isolation from
-the parent's later state, none of the import cost.
+the parent's later state, none of the import cost (`client/warm_up.py` also runs
+the handlers' code paths once, for what torch and Opacus import on first use).
 
 The fork happens in a zygote: a process forked once at start-up, after the
 imports and before the SuperExec loop opens its gRPC channel. A process with a
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", POLL_INTERVAL_S)
     import client.app  # noqa: F401 - the warm-up: torch, Opacus, tasks
+    from client.warm_up import warm_up
+
+    warm_up()  # and what they import on first use
 
     tighten_object_pull_backoff()  # forked ClientApps inherit it
 

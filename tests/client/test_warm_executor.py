@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import grpc
+import pytest
+import torch
 from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResultStatus
 
@@ -63,3 +67,56 @@ def test_other_task_types_go_to_flowers_subprocess_launcher(monkeypatch):
     monkeypatch.setattr(warm_executor.SubprocessExecutor, "launch", lambda self, s: launched.append(s.task_type) or "stock")
     assert warm_executor.ForkExecutor().launch(spec(TaskType.SERVER_APP, "t")) == "stock"
     assert launched == [TaskType.SERVER_APP]
+
+
+
+WARM_ZYGOTE = """
+import json, os, sys, tempfile, time
+import client.app, torch
+from client.warm_up import warm_up
+warm_up()
+threads = torch.get_num_threads()
+hung = 0
+for _ in range(3):  # ClientApps forked from the warm process, torch on all threads
+    pid = os.fork()
+    if pid == 0:
+        x = torch.randn(256, 256)
+        (x @ x).sum()
+        os._exit(0)
+    deadline = time.monotonic() + 60
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            hung += 1
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.05)
+from common.config import RunConfig
+from server.federation import run_federation
+from tests.inprocess_grid import InProcessGrid
+imported = set()
+def handlers(msg, context):  # what the ClientApp imports, not the server
+    before = set(sys.modules)
+    reply = client.app.app(msg, context)
+    imported.update(set(sys.modules) - before)
+    return reply
+nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
+run_federation(InProcessGrid(handlers, nodes),
+               RunConfig(num_server_rounds=1, min_hospitals=2, epsilon=3.0, out_dir=tempfile.mkdtemp()))
+print(json.dumps({"hung": hung, "threads": threads,
+                  "imported": sorted(m for m in imported if m.startswith(("torch", "opacus")))}))
+"""
+
+
+@pytest.mark.slow
+def test_warm_up_loads_what_a_dp_round_needs_and_forked_children_do_not_hang():
+    """Without the warm-up each forked ClientApp imported torch._dynamo & co. (about
+    200 modules, ~1 s) at its first optimiser. A warm-up on all threads started
+    torch's OpenMP workers, and every child forked afterwards hung."""
+    result = subprocess.run([sys.executable, "-c", WARM_ZYGOTE], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[2], timeout=400)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["hung"] == 0, f"{outcome['hung']} of 3 forked children hung"
+    assert outcome["imported"] == [], "a DP round after the warm-up imports nothing more"
+    assert outcome["threads"] == torch.get_num_threads(), "the warm-up leaves the thread setting as it was"
