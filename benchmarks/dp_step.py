@@ -1,6 +1,6 @@
 """DP step / plain step for each model, per Opacus per-sample-gradient mode: one JSON line each.
 
-    .venv/bin/python benchmarks/dp_step.py [--steps 20] [--batch 32] [--threads 1]
+    .venv/bin/python benchmarks/dp_step.py [--steps 20] [--batch 32] [--threads 1] [--epochs-only]
 
 The models are fedward's own (image-cnn on 1x28x28, sequence-rnn LSTM and GRU on
 ECG beats of length 187, the image-gan discriminator on 1x28x28 with labels). A
@@ -11,12 +11,18 @@ baseline in the same process, the two steps alternating (5 warm-up steps each,
 then the median of `--steps` steps each), so the ratio is measured side by side. A mode Opacus refuses for a model
 is reported with its error. Targets (issue 5): CNN <= 1.3x, LSTM <= 2.5x,
 GRU <= 2x, GAN discriminator <= 2x.
+
+A second table times whole local epochs through fedward's own trainer
+(`common.training.fit_classifier`: Poisson batches, class weights, the accountant)
+on 640 random samples, plain vs DP with hooks vs DP with expanded weights, on all
+threads: best of 2 repeats, the three interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -33,9 +39,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common.config import RunConfig  # noqa: E402
+from common.data import Samples  # noqa: E402
+from common.privacy import DPState  # noqa: E402
+from common.tasks import get_task  # noqa: E402
 from common.tasks.image_cnn.model import build_cnn  # noqa: E402
 from common.tasks.image_gan.model import Discriminator  # noqa: E402
 from common.tasks.sequence_rnn.model import build_rnn  # noqa: E402
+from common.training import fit_classifier  # noqa: E402
 from report import write_section  # noqa: E402
 
 MODES = ("hooks", "ew", "functorch", "ghost")
@@ -116,15 +126,51 @@ def dp_step(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, mo
     return step
 
 
+def epoch_rows() -> list[dict]:
+    import numpy as np
+
+    rows = []
+    for task_name, model_name, shape, classes in (("image-cnn", "cnn", (1, 28, 28), 2),
+                                                  ("sequence-rnn", "lstm", (187, 1), 5),
+                                                  ("sequence-rnn", "gru", (187, 1), 5)):
+        task = get_task(task_name)
+        config = RunConfig(task=task_name, model="" if model_name == "cnn" else model_name, lr=0.1)
+        rng = np.random.default_rng(0)
+        samples = Samples(rng.random((640, *shape), dtype=np.float32), rng.integers(0, classes, 640))
+        best: dict[str, float] = {}
+        for _ in range(2):
+            for variant in ("plain", "hooks", "ew"):
+                model = task.build_model(shape, classes, config)
+                dp = None if variant == "plain" else DPState(1.0, 1.0, 1e-5)
+                start = time.perf_counter()
+                fit_classifier(model, samples, classes, config, dp, torch.device("cpu"), 0,
+                               "hooks" if variant == "plain" else variant)
+                best[variant] = min(best.get(variant, math.inf), time.perf_counter() - start)
+        row = {"measure": "dp_epoch_ratio", "model": model_name, "threads": torch.get_num_threads(),
+               "plain_s": round(best["plain"], 2), "hooks_s": round(best["hooks"], 2), "ew_s": round(best["ew"], 2),
+               "hooks_ratio": round(best["hooks"] / best["plain"], 2), "ew_ratio": round(best["ew"] / best["plain"], 2),
+               "target": TARGETS[model_name]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=list(TARGETS))
+    parser.add_argument("--epochs-only", action="store_true", help="only the whole-epoch table")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
+    write_section("DP epoch / plain epoch through fedward's trainer", epoch_rows(),
+                  ["model", "threads", "plain_s", "hooks_s", "ew_s", "hooks_ratio", "ew_ratio", "target"],
+                  notes="640 random samples, batch 32 (Poisson under DP), lr 0.1, noise 1.0, clip 1.0; best of 2. "
+                        "image-cnn and sequence-rnn train with `ew` since 2026-11-23.")
+    if args.epochs_only:
+        return
+    torch.set_num_threads(args.threads)
     rows = []
     for name, (build, x, y) in cases(args.batch).items():
         if name not in args.models:

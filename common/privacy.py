@@ -80,11 +80,14 @@ def make_private(
     optimizer: torch.optim.Optimizer,
     loader: DataLoader,
     state: DPState,
+    grad_sample_mode: str = "hooks",
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader, PrivacyEngine]:
     """Wrap for DP-SGD with Poisson sampling; the accountant continues `state.history`.
 
     The caller keeps using `module` itself for its state dict, so weight keys never
-    carry Opacus's `_module.` prefix.
+    carry Opacus's `_module.` prefix. `grad_sample_mode` is Opacus's way of computing
+    per-sample gradients: "hooks" (its default) or "ew" (torch's expanded weights,
+    faster for the CNN, LSTM and GRU here: benchmarks/dp_step.py).
     """
     # Known, harmless for us: secure_mode needs torchcsprng (no build for 3.11), and
     # the first layer's inputs never require gradients.
@@ -95,7 +98,7 @@ def make_private(
     wrapped, dp_optimizer, dp_loader = engine.make_private(
         module=module, optimizer=optimizer, data_loader=loader,
         noise_multiplier=state.noise_multiplier, max_grad_norm=state.max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=True, grad_sample_mode=grad_sample_mode,
     )
     return wrapped, dp_optimizer, dp_loader, engine
 

@@ -83,8 +83,10 @@ def fit_classifier(
     dp: DPState | None,
     device: torch.device,
     round_seed: int,
+    grad_sample_mode: str = "hooks",
 ) -> TrainOutcome:
-    """Train `model` in place on `data` for the configured local epochs."""
+    """Train `model` in place on `data` for the configured local epochs (under DP,
+    per-sample gradients by Opacus's `grad_sample_mode`)."""
     torch.manual_seed(round_seed)
     model.to(device).train()
     weight = class_weights(data.y, num_classes).to(device) if config.class_weighting else None
@@ -94,7 +96,7 @@ def fit_classifier(
     prox = ProximalPull(model, config.proximal_mu if config.strategy == "fedprox" else 0.0, config.lr)
     trainable: nn.Module = model
     if dp is not None:
-        trainable, optimizer, loader, engine = make_private(model, optimizer, loader, dp)
+        trainable, optimizer, loader, engine = make_private(model, optimizer, loader, dp, grad_sample_mode)
     total, steps, seen = 0.0, 0, 0
     for _ in range(config.local_epochs):
         for x, y in loader:
