@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,11 +72,9 @@ def main() -> None:
 
 
 def measure(mode: str, rounds: int, keep: Path | None) -> None:
-    with tempfile.TemporaryDirectory() as scratch:
-        tmp = scratch
-        if keep is not None:
-            tmp = str(keep / mode)
-            Path(tmp).mkdir(parents=True, exist_ok=True)
+    if keep is not None:
+        (keep / mode).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() if keep is None else nullcontext(str(keep / mode)) as tmp:
         fed = LoopbackFederation(Path(tmp))
         try:
             fed.make_certs(*HOSPITALS)

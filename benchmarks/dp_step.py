@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from opacus import PrivacyEngine
 from torch import nn
@@ -127,8 +128,6 @@ def dp_step(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, mo
 
 
 def epoch_rows() -> list[dict]:
-    import numpy as np
-
     rows = []
     for task_name, model_name, shape, classes in (("image-cnn", "cnn", (1, 28, 28), 2),
                                                   ("sequence-rnn", "lstm", (187, 1), 5),

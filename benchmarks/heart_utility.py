@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,8 +90,6 @@ def local(config: RunConfig, seed: int) -> float:
 
 
 def pooled(config: RunConfig, seed: int) -> float:
-    import numpy as np
-
     hospitals = [hospital_data(config, node) for node in nodes()]
     train = Samples(np.concatenate([h.train.x for h in hospitals]), np.concatenate([h.train.y for h in hospitals]))
     return centralised(train, [(h, h.test) for h in hospitals], config, seed)

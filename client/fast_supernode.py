@@ -12,8 +12,8 @@ Seen after SuperLink restarts (about 3 in 20): most likely a message of the kill
 run whose `confirm_message_received` raised `RunNotRunningException` (a
 BaseException, so it skips the clean-up) stays in the node state and its ClientApp
 still answers. That late reply is pushed in place of the new run's first reply,
-and the node stays one reply behind for the rest of the run (deploy/README.md). `flush_ready_replies`
-makes an idle pull push whatever replies are ready.
+and the node stays one reply behind for the rest of the run (deploy/README.md).
+`flush_ready_replies` makes an idle pull push whatever replies are ready.
 
 Both are set on the module, then Flower's own entry point runs with the same
 arguments. Used by `fedward supernode` (not with `--cold`). Tied to flwr 1.41 (pinned).
@@ -30,7 +30,6 @@ from typing import Any
 
 from flwr.common import Message
 from flwr.common.logger import log
-
 from flwr.supernode import start_client_internal
 from flwr.supernode.cli import flower_supernode
 

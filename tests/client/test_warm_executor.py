@@ -69,7 +69,6 @@ def test_other_task_types_go_to_flowers_subprocess_launcher(monkeypatch):
     assert launched == [TaskType.SERVER_APP]
 
 
-
 WARM_ZYGOTE = """
 import json, os, sys, tempfile, time
 import client.app, torch
@@ -103,6 +102,16 @@ def handlers(msg, context):  # what the ClientApp imports, not the server
 nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
 run_federation(InProcessGrid(handlers, nodes),
                RunConfig(num_server_rounds=1, min_hospitals=2, epsilon=3.0, out_dir=tempfile.mkdtemp()))
+import numpy as np  # and the image task's DP training (expanded-weights mode)
+from common.data import Samples
+from common.privacy import DPState
+from common.tasks import get_task
+before = set(sys.modules)
+cnn = get_task("image-cnn")
+images = Samples(np.random.rand(8, 1, 28, 28).astype(np.float32), np.arange(8) % 2)
+cnn.train(cnn.build_model((1, 28, 28), 2, RunConfig(task="image-cnn", lr=0.1)), images, 2,
+          RunConfig(task="image-cnn", lr=0.1), DPState(1.0, 1.0, 1e-5), torch.device("cpu"), 0)
+imported.update(set(sys.modules) - before)
 print(json.dumps({"hung": hung, "threads": threads,
                   "imported": sorted(m for m in imported if m.startswith(("torch", "opacus")))}))
 """
@@ -118,5 +127,5 @@ def test_warm_up_loads_what_a_dp_round_needs_and_forked_children_do_not_hang():
     assert result.returncode == 0, result.stderr[-2000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["hung"] == 0, f"{outcome['hung']} of 3 forked children hung"
-    assert outcome["imported"] == [], "a DP round after the warm-up imports nothing more"
+    assert outcome["imported"] == [], "a DP round (and a DP CNN step) after the warm-up imports nothing more"
     assert outcome["threads"] == torch.get_num_threads(), "the warm-up leaves the thread setting as it was"
