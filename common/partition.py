@@ -22,13 +22,40 @@ def partition_index(
     samples: Samples, partition: Partition, num_partitions: int, partition_id: int, seed: int
 ) -> np.ndarray:
     """Indices of the samples that virtual hospital `partition_id` holds."""
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError(f"partition-id={partition_id} is not in 0..{num_partitions - 1}")
+    return partition_indices(samples, partition, num_partitions, seed)[partition_id]
+
+
+def partition_indices(
+    samples: Samples, partition: Partition, num_partitions: int, seed: int
+) -> tuple[np.ndarray, ...]:
+    """Every virtual hospital's sample indices, computed once per data set and split.
+
+    A simulation worker serves many virtual hospitals from one process, and each of
+    their messages asks for its partition: the split is kept for the same `samples`
+    object (load_data caches it), so a message costs a lookup, not a partitioner.
+    """
+    key = (id(samples), str(partition), num_partitions, seed)
+    hit = _SPLITS.get(key)
+    if hit is not None and hit[0] is samples:
+        return hit[1]
+    parts = _split(samples, partition, num_partitions, seed)
+    if len(_SPLITS) >= 4:
+        _SPLITS.pop(next(iter(_SPLITS)))
+    _SPLITS[key] = (samples, parts)
+    return parts
+
+
+_SPLITS: dict[tuple, tuple[Samples, tuple[np.ndarray, ...]]] = {}
+
+
+def _split(samples: Samples, partition: Partition, num_partitions: int, seed: int) -> tuple[np.ndarray, ...]:
     if num_partitions > len(samples):
         raise ConfigError(
             f"{num_partitions} hospitals but only {len(samples)} samples: use fewer "
             "hospitals (--hospitals) or more data"
         )
-    if not 0 <= partition_id < num_partitions:
-        raise ConfigError(f"partition-id={partition_id} is not in 0..{num_partitions - 1}")
     columns: dict[str, list] = {"index": list(range(len(samples))), "label": samples.y.tolist()}
     if samples.groups is not None:
         columns["group"] = samples.groups.tolist()
@@ -44,10 +71,10 @@ def partition_index(
             "hospital count that divides the sites evenly"
         )
     try:
-        part = partitioner.load_partition(partition_id)
+        parts = [partitioner.load_partition(i)["index"] for i in range(num_partitions)]
     except ValueError as err:  # e.g. Dirichlet cannot reach its minimum partition size
         raise ConfigError(f"partition={partition}: {err}") from err
-    return np.sort(np.asarray(part["index"], dtype=np.int64))
+    return tuple(np.sort(np.asarray(part, dtype=np.int64)) for part in parts)
 
 
 def _num_groups(samples: Samples) -> int:
