@@ -9,13 +9,16 @@ rounds, so the epsilon reported after round r is the cumulative one.
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader
 
@@ -38,8 +41,12 @@ class DPState:
         return epsilon_spent(self.history, self.delta)
 
 
+@functools.lru_cache(maxsize=64)
 def calibrate_noise(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """Noise multiplier that spends exactly (epsilon, delta) over `steps` RDP steps."""
+    """Noise multiplier that spends exactly (epsilon, delta) over `steps` RDP steps.
+
+    Cached: a simulation worker calibrates once for all virtual hospitals of the
+    same size, instead of ~0.7 s of Opacus's binary search for each."""
     if epsilon <= 0:
         raise ConfigError(f"epsilon={epsilon} must be > 0")
     if not 0 < sample_rate <= 1:
@@ -59,20 +66,31 @@ def calibrate_noise(epsilon: float, delta: float, sample_rate: float, steps: int
 
 
 def epsilon_spent(history: History, delta: float) -> float:
-    """Cumulative epsilon of every step in `history`, by Opacus's RDP accountant.
+    """Cumulative epsilon of every step in `history`, as Opacus's RDP accountant gives it.
 
-    Entries with the same (noise, sample rate) are merged by adding their steps,
-    which is exact for RDP (k steps of one mechanism cost k times its RDP) and
-    keeps a long ledger's accounting fast.
+    The same sum as `RDPAccountant.get_privacy_spent` (RDP of each entry at the
+    accountant's orders, converted at `delta`), but the RDP of one step of each
+    (noise, sample rate) is computed once per process: RDP is exactly linear in
+    steps (Opacus's `compute_rdp` multiplies by them), and computing it is ~0.1 s
+    in pure Python, paid again at every round of every hospital otherwise.
     """
     if not history:
         return 0.0
     merged: dict[tuple[float, float], int] = {}
     for noise, rate, steps in history:
         merged[(float(noise), float(rate))] = merged.get((float(noise), float(rate)), 0) + int(steps)
-    accountant = RDPAccountant()
-    accountant.history = [(noise, rate, steps) for (noise, rate), steps in merged.items()]
-    return float(accountant.get_epsilon(delta=delta))
+    rdp = sum(_rdp_of_one_step(noise, rate) * steps for (noise, rate), steps in merged.items())
+    epsilon, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+    return float(epsilon)
+
+
+@functools.lru_cache(maxsize=256)
+def _rdp_of_one_step(noise: float, sample_rate: float) -> np.ndarray:
+    rdp = rdp_analysis.compute_rdp(
+        q=sample_rate, noise_multiplier=noise, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS,
+    )
+    rdp.setflags(write=False)  # shared by every caller
+    return rdp
 
 
 def make_private(

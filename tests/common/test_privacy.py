@@ -52,3 +52,19 @@ def test_weights_leave_without_the_opacus_prefix():
     fit_classifier(model, data, 2, config, DPState(1.0, 1.0, 1e-5), torch.device("cpu"), 0)
     arrays = to_arrays(model)
     assert set(arrays.keys()) == keys and not any("_module" in k for k in arrays.keys())
+
+
+@pytest.mark.parametrize("history", [
+    [(1.1, 0.068, 15)],
+    [(1.1, 0.068, 15), (1.1, 0.068, 15), (1.1, 0.068, 15)],  # rounds of one run: merged
+    [(0.8, 0.02, 100), (2.5, 0.25, 4), (0.8, 0.02, 50)],  # runs with other settings on one dataset
+])
+def test_epsilon_is_the_one_opacus_accountant_gives(history):
+    """epsilon_spent caches the RDP of one step; the result must stay Opacus's own, bit for bit
+    up to the merge of equal entries, and must not change when asked again (cache hit)."""
+    reference = RDPAccountant()
+    reference.history = list(history)
+    expected = reference.get_epsilon(1e-5)
+    assert epsilon_spent(history, 1e-5) == pytest.approx(expected, rel=1e-12)
+    assert epsilon_spent(history, 1e-5) == epsilon_spent(list(history), 1e-5)
+    assert epsilon_spent(history, 1e-6) > epsilon_spent(history, 1e-5)
