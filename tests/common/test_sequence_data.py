@@ -40,3 +40,28 @@ def test_npz_rows_of_beats(tmp_path: Path):
     np.savez(path, x=np.random.default_rng(0).normal(size=(10, 50)), y=np.arange(10) % 3)
     data = get_task("sequence-rnn").load(str(path), CONFIG)
     assert data.input_shape == (50, 1) and data.num_classes == 3
+
+
+def test_npz_with_a_central_test_split(tmp_path: Path):
+    """x_test/y_test (e.g. the inter-patient DS2 records) become the server's test set, not hospitals' data."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "beats.npz"
+    np.savez(path, x=rng.normal(size=(10, 50)), y=np.arange(10) % 2, groups=np.array(["101", "106"] * 5),
+             x_test=rng.normal(size=(4, 50)), y_test=np.array([0, 1, 2, 2]))
+    data = get_task("sequence-rnn").load(str(path), CONFIG)
+    assert len(data.train) == 10 and data.test is not None and len(data.test) == 4
+    assert data.num_classes == 3 and data.test.x.shape == (4, 50, 1)
+    assert set(data.train.groups) == {"101", "106"}
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    ({"x_test": np.zeros((2, 50))}, "needs both 'x_test' and 'y_test'"),
+    ({"x_test": np.zeros((2, 40)), "y_test": np.zeros(2)}, r"'x_test' rows have shape \(40, 1\)"),
+    ({"x_test": np.zeros((2, 50)), "y_test": np.array([0, -1])}, r"y_test\): labels must lie in"),
+])
+def test_a_broken_test_split_is_refused_naming_the_file(tmp_path: Path, arrays: dict, message: str):
+    path = tmp_path / "beats.npz"
+    np.savez(path, x=np.zeros((4, 50)), y=np.array([0, 1, 0, 1]), **arrays)
+    with pytest.raises(DataError, match=message) as err:
+        get_task("sequence-rnn").load(str(path), CONFIG)
+    assert str(path) in str(err.value)

@@ -3,7 +3,9 @@
 A WFDB folder is read with `wfdb`: lead 0 of every record, one window around each
 annotated R peak, labelled with the 5 AAMI classes. The natural site of a beat is
 its record (patient), so `partition=natural` splits hospitals by patient.
-A .npz file holds `x` (N, T) beats, `y` labels and optionally `groups`.
+A .npz file holds `x` (N, T) beats, `y` labels and optionally `groups` (each
+beat's patient or site) and a central test split `x_test`, `y_test` (e.g. the
+inter-patient DS2 records), which only the server's evaluation reads.
 """
 
 from __future__ import annotations
@@ -89,15 +91,25 @@ def _load_npz(path: Path) -> TaskData:
         with np.load(path, allow_pickle=False) as npz:
             if "x" not in npz.files or "y" not in npz.files:
                 raise DataError(f"{path}: a sequence .npz needs arrays 'x' and 'y'")
-            x = npz["x"].astype(np.float32)
-            y = npz["y"].reshape(-1).astype(np.int64)
-            groups = npz["groups"].astype(str).astype(object) if "groups" in npz else None
+            if ("x_test" in npz.files) != ("y_test" in npz.files):
+                raise DataError(f"{path}: a central test split needs both 'x_test' and 'y_test'")
+            train = _beats(path, npz["x"], npz["y"], npz["groups"] if "groups" in npz.files else None)
+            test = _beats(path, npz["x_test"], npz["y_test"], None, "_test") if "x_test" in npz.files else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from err
+    if test is not None and test.x.shape[1:] != train.x.shape[1:]:
+        raise DataError(f"{path}: 'x_test' rows have shape {test.x.shape[1:]} but 'x' rows {train.x.shape[1:]}")
+    num_classes = max(2, int(max(train.y.max(), test.y.max() if test is not None else 0)) + 1)
+    check_labels(train.y, num_classes, str(path))
+    if test is not None:
+        check_labels(test.y, num_classes, f"{path} (y_test)")
+    return TaskData(train, test, num_classes, str(path))
+
+
+def _beats(path: Path, x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, suffix: str = "") -> Samples:
+    x, y = x.astype(np.float32), y.reshape(-1).astype(np.int64)
     if x.ndim == 2:
         x = x[..., None]
     if x.ndim != 3:
-        raise DataError(f"{path}: 'x' has shape {x.shape}, expected (N, T) or (N, T, features)")
-    num_classes = max(2, int(y.max()) + 1)
-    check_labels(y, num_classes, str(path))
-    return TaskData(Samples(x, y, groups), None, num_classes, str(path))
+        raise DataError(f"{path}: 'x{suffix}' has shape {x.shape}, expected (N, T) or (N, T, features)")
+    return Samples(x, y, groups.astype(str).astype(object) if groups is not None else None)
