@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,12 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from client.app import app  # noqa: E402
 from common.config import RunConfig  # noqa: E402
 from common.tasks import load_data, resolve  # noqa: E402
+from inprocess import federate, virtual_hospitals  # noqa: E402
 from report import write_section  # noqa: E402
-from server.federation import run_federation  # noqa: E402
-from tests.inprocess_grid import InProcessGrid  # noqa: E402
 
 DATA = Path(os.environ.get("FEDWARD_DATA_DIR", ROOT.parent / "shared" / "data")) / "medmnist"
 
@@ -50,19 +47,16 @@ def run(name: str, hospitals: int, rounds: int, local_epochs: int, epsilon: floa
         task="image-gan", data_path=str(DATA / f"{name}.npz"), partition="iid", num_server_rounds=rounds,
         local_epochs=local_epochs, dp=epsilon > 0, epsilon=epsilon or 10.0, seed=seed, min_hospitals=hospitals,
     ))
-    nodes = [{"partition-id": i, "num-partitions": hospitals} for i in range(hospitals)]
     test = load_data(config).test
     assert test is not None
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        run_federation(InProcessGrid(app, nodes), config.replace(out_dir=out))
-        card = json.loads((Path(out) / "model_card.json").read_text())
-    final = card["final_metrics"]
+    run = federate(config, virtual_hospitals(hospitals))
+    final = run.card["final_metrics"]
     return {
         "data": name, "hospitals": hospitals, "rounds": rounds, "local_epochs": local_epochs,
         "epsilon": epsilon or "no DP", "tstr": final["tstr-accuracy"], "trtr": final["trtr-accuracy"],
         "ratio": final["tstr-ratio"], "majority": float(np.bincount(test.y).max() / len(test.y)),
-        "epsilon_spent": max(h["epsilon_spent"] or 0.0 for h in card["hospitals"].values()),
+        "epsilon_spent": run.epsilon_max,
         "seconds": time.perf_counter() - start,
     }
 

@@ -26,7 +26,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,17 +35,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from client.app import app  # noqa: E402
 from client.hospital import HospitalData, hospital_data  # noqa: E402
 from common.calibration import prior_corrected  # noqa: E402
 from common.config import RunConfig  # noqa: E402
 from common.data import Samples  # noqa: E402
-from common.privacy import DPState, calibrate_noise  # noqa: E402
 from common.tasks import get_task, resolve  # noqa: E402
-from common.training import batches_per_epoch  # noqa: E402
+from inprocess import federate, pooled_dp  # noqa: E402
 from report import write_section  # noqa: E402
-from server.federation import run_federation  # noqa: E402
-from tests.inprocess_grid import InProcessGrid  # noqa: E402
 
 DATA = Path(os.environ.get("FEDWARD_DATA_DIR", ROOT.parent / "shared" / "data")) / "heart_disease_uci"
 SITES = ("cleveland", "hungarian", "switzerland", "va")
@@ -71,11 +66,7 @@ def centralised(train: Samples, tests: list[tuple[HospitalData, Samples]], confi
     task = get_task(config.task)
     model = task.build_model(train.x.shape[1:], 2, config)
     epochs = config.num_server_rounds * config.local_epochs
-    dp = None
-    if config.dp:
-        steps = epochs * batches_per_epoch(len(train), config.batch_size)
-        noise = calibrate_noise(config.epsilon, config.delta, 1 / batches_per_epoch(len(train), config.batch_size), steps)
-        dp = DPState(noise, config.max_grad_norm, config.delta)
+    dp = pooled_dp(config, len(train), epochs)
     task.train(model, train, 2, config.replace(local_epochs=epochs), dp, CPU, seed)
     scores = []
     for hospital, test in tests:
@@ -96,9 +87,7 @@ def pooled(config: RunConfig, seed: int) -> float:
 
 
 def federated(config: RunConfig) -> float:
-    with tempfile.TemporaryDirectory() as out:
-        run_federation(InProcessGrid(app, nodes()), config.replace(out_dir=out))
-        card = json.loads((Path(out) / "model_card.json").read_text())
+    card = federate(config, nodes()).card
     return statistics.fmean(h["final_test_metrics"]["accuracy"] for h in card["hospitals"].values())
 
 

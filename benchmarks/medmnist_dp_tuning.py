@@ -35,36 +35,31 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from client.app import app  # noqa: E402
 from common.config import RunConfig  # noqa: E402
 from common.metrics import per_class_recall  # noqa: E402
 from common.tasks import get_task, load_data, resolve  # noqa: E402
 from common.training import predict_proba  # noqa: E402
+from inprocess import federate, virtual_hospitals  # noqa: E402
 from report import write_section  # noqa: E402
-from server.federation import run_federation  # noqa: E402
-from tests.inprocess_grid import InProcessGrid  # noqa: E402
 
 DATA = Path(os.environ.get("FEDWARD_DATA_DIR", ROOT.parent / "shared" / "data")) / "medmnist"
 HOSPITALS = 5
 
 
-def federate(path: Path, epsilon: float, batch_size: int, lr: float, rounds: int, seed: int) -> dict[str, float]:
+def score_setting(path: Path, epsilon: float, batch_size: int, lr: float, rounds: int, seed: int) -> dict[str, float]:
     config = resolve(RunConfig(
         task="image-cnn", data_path=str(path), partition="dirichlet:0.5", num_server_rounds=rounds, dp=True,
         epsilon=epsilon, batch_size=batch_size, lr=lr, seed=seed, min_hospitals=HOSPITALS,
     ))
-    nodes = [{"partition-id": i, "num-partitions": HOSPITALS} for i in range(HOSPITALS)]
     data = load_data(config)
     assert data.test is not None
-    with tempfile.TemporaryDirectory() as out:
-        run_federation(InProcessGrid(app, nodes), config.replace(out_dir=out))
-        card = json.loads((Path(out) / "model_card.json").read_text())
-        model = get_task(config.task).build_model(data.input_shape, data.num_classes, config)
-        model.load_state_dict(torch.load(Path(out) / "final_model.pt", map_location="cpu"))
-    central = card["final_metrics"]["central_evaluation"]
+    run = federate(config, virtual_hospitals(HOSPITALS))
+    model = get_task(config.task).build_model(data.input_shape, data.num_classes, config)
+    model.load_state_dict(run.weights)
+    central = run.card["final_metrics"]["central_evaluation"]
     recall = per_class_recall(data.test.y, predict_proba(model, data.test.x, torch.device("cpu")))
     return {"accuracy": central["accuracy"], "balanced_accuracy": float(np.mean(recall)), "auroc": central["auroc"],
-            "epsilon_spent": max(h["epsilon_spent"] or 0.0 for h in card["hospitals"].values())}
+            "epsilon_spent": run.epsilon_max}
 
 
 def main() -> None:
@@ -87,14 +82,14 @@ def main() -> None:
                      test_images=npz["val_images"], test_labels=npz["val_labels"])
         for batch, lr, rounds in itertools.product(args.batch_sizes, args.lrs, args.rounds):
             start = time.perf_counter()
-            scores = federate(val, args.epsilon, batch, lr, rounds, args.seed)
+            scores = score_setting(val, args.epsilon, batch, lr, rounds, args.seed)
             row = {"split": "validation", "batch_size": batch, "lr": lr, "rounds": rounds, **scores,
                    "seconds": time.perf_counter() - start}
             print(json.dumps({"measure": "medmnist_dp_tuning", "data": args.data, **row}), flush=True)
             table.append(row)
     best = max(table, key=lambda r: (r["balanced_accuracy"], r["auroc"]))
     start = time.perf_counter()
-    scores = federate(source, args.epsilon, best["batch_size"], best["lr"], best["rounds"], args.seed)
+    scores = score_setting(source, args.epsilon, best["batch_size"], best["lr"], best["rounds"], args.seed)
     final = {"split": "test (chosen setting)", "batch_size": best["batch_size"], "lr": best["lr"],
              "rounds": best["rounds"], **scores, "seconds": time.perf_counter() - start}
     print(json.dumps({"measure": "medmnist_dp_tuning", "data": args.data, **final}), flush=True)

@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,12 +32,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from client.app import app  # noqa: E402
 from common.config import RunConfig  # noqa: E402
 from common.tasks import get_task, load_data, resolve  # noqa: E402
+from inprocess import federate, virtual_hospitals  # noqa: E402
 from report import write_section  # noqa: E402
-from server.federation import run_federation  # noqa: E402
-from tests.inprocess_grid import InProcessGrid  # noqa: E402
 
 DATA = Path(os.environ.get("FEDWARD_DATA_DIR", ROOT.parent / "shared" / "data")) / "medmnist"
 ANCHORS = {"pneumoniamnist": "ResNet-18 (28) ACC 0.854, AUC 0.944", "bloodmnist": "ResNet-18 (28) ACC 0.958"}
@@ -63,13 +60,10 @@ def centralised(config: RunConfig) -> dict[str, float]:
 
 
 def federated(config: RunConfig) -> dict[str, float]:
-    nodes = [{"partition-id": i, "num-partitions": HOSPITALS} for i in range(HOSPITALS)]
-    with tempfile.TemporaryDirectory() as out:
-        run_federation(InProcessGrid(app, nodes), config.replace(out_dir=out))
-        card = json.loads((Path(out) / "model_card.json").read_text())
-    scores = dict(card["final_metrics"]["central_evaluation"])
-    scores["epsilon_max"] = max(h["epsilon_spent"] or 0.0 for h in card["hospitals"].values())
-    scores["hospitals_accuracy"] = card["final_metrics"]["federated_evaluation"]["accuracy"]
+    run = federate(config, virtual_hospitals(HOSPITALS))
+    scores = dict(run.card["final_metrics"]["central_evaluation"])
+    scores["epsilon_max"] = run.epsilon_max
+    scores["hospitals_accuracy"] = run.card["final_metrics"]["federated_evaluation"]["accuracy"]
     return scores
 
 

@@ -39,18 +39,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from client.app import app  # noqa: E402
 from common.config import Partition, RunConfig  # noqa: E402
 from common.data import Samples  # noqa: E402
 from common.partition import partition_indices  # noqa: E402
 from common.metrics import per_class_recall  # noqa: E402
-from common.privacy import DPState, calibrate_noise  # noqa: E402
 from common.tasks import get_task, load_data, resolve  # noqa: E402
 from common.tasks.sequence_rnn.dataset import AAMI_CLASSES, read_record  # noqa: E402
-from common.training import batches_per_epoch, predict_proba  # noqa: E402
+from common.training import predict_proba  # noqa: E402
+from inprocess import federate, pooled_dp, virtual_hospitals  # noqa: E402
 from report import write_section  # noqa: E402
-from server.federation import run_federation  # noqa: E402
-from tests.inprocess_grid import InProcessGrid  # noqa: E402
 
 DATA = Path(os.environ.get("FEDWARD_DATA_DIR", ROOT.parent / "shared" / "data")) / "mitbih_arrhythmia"
 DS1 = ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122", "124", "201", "203", "205",
@@ -96,11 +93,8 @@ def centralised(config: RunConfig) -> dict[str, float]:
     task, data = get_task(config.task), load_data(config)
     assert data.test is not None
     model = task.build_model(data.input_shape, data.num_classes, config)
-    epochs, dp = config.num_server_rounds, None
-    if config.dp:
-        per_epoch = batches_per_epoch(len(data.train), config.batch_size)
-        noise = calibrate_noise(config.epsilon, config.delta, 1 / per_epoch, epochs * per_epoch)
-        dp = DPState(noise, config.max_grad_norm, config.delta)
+    epochs = config.num_server_rounds
+    dp = pooled_dp(config, len(data.train), epochs)
     task.train(model, data.train, data.num_classes, config.replace(local_epochs=epochs), dp, CPU, config.seed)
     return scores(model, data.test)
 
@@ -108,14 +102,11 @@ def centralised(config: RunConfig) -> dict[str, float]:
 def federated(config: RunConfig) -> dict[str, float]:
     data = load_data(config)
     assert data.test is not None
-    nodes = [{"partition-id": i, "num-partitions": HOSPITALS} for i in range(HOSPITALS)]
-    with tempfile.TemporaryDirectory() as out:
-        run_federation(InProcessGrid(app, nodes), config.replace(out_dir=out))
-        card = json.loads((Path(out) / "model_card.json").read_text())
-        model = get_task(config.task).build_model(data.input_shape, data.num_classes, config)
-        model.load_state_dict(torch.load(Path(out) / "final_model.pt", map_location=CPU))
+    run = federate(config, virtual_hospitals(HOSPITALS))
+    model = get_task(config.task).build_model(data.input_shape, data.num_classes, config)
+    model.load_state_dict(run.weights)
     result = scores(model, data.test)
-    result["epsilon_spent"] = max(h["epsilon_spent"] or 0.0 for h in card["hospitals"].values())
+    result["epsilon_spent"] = run.epsilon_max
     return result
 
 

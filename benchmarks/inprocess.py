@@ -1,0 +1,58 @@
+"""Shared by the utility benchmarks: a federation run in this process, and DP for one model.
+
+`federate` drives the real round loop (server.federation) and the real ClientApp
+through tests/inprocess_grid.py, in a throw-away run directory, and returns the
+model card and the final weights. The scripts put the project root on
+sys.path before importing it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from client.app import app
+from common.config import RunConfig
+from common.privacy import DPState, calibrate_noise
+from common.training import batches_per_epoch
+from server.federation import run_federation
+from tests.inprocess_grid import InProcessGrid
+
+
+@dataclass(frozen=True)
+class Run:
+    card: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+
+    @property
+    def epsilon_max(self) -> float:
+        """The largest epsilon any hospital spent over the run."""
+        return max(h["epsilon_spent"] or 0.0 for h in self.card["hospitals"].values())
+
+
+def virtual_hospitals(count: int) -> list[dict[str, int]]:
+    """Node configs of `count` simulated hospitals (the run's data set, partitioned)."""
+    return [{"partition-id": i, "num-partitions": count} for i in range(count)]
+
+
+def federate(config: RunConfig, nodes: list[dict[str, Any]]) -> Run:
+    with tempfile.TemporaryDirectory() as out:
+        run_federation(InProcessGrid(app, nodes), config.replace(out_dir=out))
+        card = json.loads((Path(out) / "model_card.json").read_text())
+        weights = torch.load(Path(out) / "final_model.pt", map_location="cpu")
+    return Run(card, weights)
+
+
+def pooled_dp(config: RunConfig, num_samples: int, epochs: int) -> DPState | None:
+    """DP for one model trained on `num_samples` for `epochs` epochs at the run's
+    (epsilon, delta); None without DP."""
+    if not config.dp:
+        return None
+    per_epoch = batches_per_epoch(num_samples, config.batch_size)
+    noise = calibrate_noise(config.epsilon, config.delta, 1 / per_epoch, epochs * per_epoch)
+    return DPState(noise, config.max_grad_norm, config.delta)
