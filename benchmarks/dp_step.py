@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.config import RunConfig  # noqa: E402
 from common.data import Samples  # noqa: E402
+from common.per_sample import PerSampleLayers  # noqa: E402
 from common.privacy import DPState  # noqa: E402
 from common.tasks import get_task  # noqa: E402
 from common.tasks.image_cnn.model import build_cnn  # noqa: E402
@@ -49,7 +50,7 @@ from common.tasks.sequence_rnn.model import build_rnn  # noqa: E402
 from common.training import fit_classifier  # noqa: E402
 from report import write_section  # noqa: E402
 
-MODES = ("hooks", "ew", "functorch", "ghost")
+MODES = ("hooks", "ew", "functorch", "ghost", "layers")
 TARGETS = {"cnn": 1.3, "lstm": 2.5, "gru": 2.0, "gan-discriminator": 2.0}
 
 
@@ -111,6 +112,7 @@ def dp_step(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, mo
     criterion = nn.CrossEntropyLoss()
     loader = DataLoader(TensorDataset(x, y), batch_size=len(y))
     engine = PrivacyEngine(accountant="rdp")
+    layers = PerSampleLayers(model) if mode == "layers" else None  # fedward's own: Opacus's optimiser, mode no_op
     if mode == "ghost":
         model, optimizer, criterion, _ = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
@@ -118,7 +120,10 @@ def dp_step(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, mo
     else:
         model, optimizer, _ = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader,
-            noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode, poisson_sampling=False)
+            noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode="no_op" if layers else mode,
+            poisson_sampling=False)
+    if layers is not None:
+        layers.attach()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -137,8 +142,9 @@ def epoch_rows() -> list[dict]:
         rng = np.random.default_rng(0)
         samples = Samples(rng.random((640, *shape), dtype=np.float32), rng.integers(0, classes, 640))
         best: dict[str, float] = {}
+        variants = ("plain", "hooks", "ew", "layers") if model_name == "cnn" else ("plain", "hooks", "ew")
         for _ in range(2):
-            for variant in ("plain", "hooks", "ew"):
+            for variant in variants:
                 model = task.build_model(shape, classes, config)
                 dp = None if variant == "plain" else DPState(1.0, 1.0, 1e-5)
                 start = time.perf_counter()
@@ -149,6 +155,8 @@ def epoch_rows() -> list[dict]:
                "plain_s": round(best["plain"], 2), "hooks_s": round(best["hooks"], 2), "ew_s": round(best["ew"], 2),
                "hooks_ratio": round(best["hooks"] / best["plain"], 2), "ew_ratio": round(best["ew"] / best["plain"], 2),
                "target": TARGETS[model_name]}
+        if "layers" in best:
+            row.update(layers_s=round(best["layers"], 2), layers_ratio=round(best["layers"] / best["plain"], 2))
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -164,9 +172,11 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     write_section("DP epoch / plain epoch through fedward's trainer", epoch_rows(),
-                  ["model", "threads", "plain_s", "hooks_s", "ew_s", "hooks_ratio", "ew_ratio", "target"],
+                  ["model", "threads", "plain_s", "hooks_s", "ew_s", "layers_s", "hooks_ratio", "ew_ratio",
+                   "layers_ratio", "target"],
                   notes="640 random samples, batch 32 (Poisson under DP), lr 0.1, noise 1.0, clip 1.0; best of 2. "
-                        "image-cnn and sequence-rnn train with `ew` since 2026-11-23.")
+                        "sequence-rnn trains with `ew`, image-cnn with `layers` (fedward's own, "
+                        "common/per_sample.py) since 2026-11-23.")
     if args.epochs_only:
         return
     torch.set_num_threads(args.threads)
@@ -192,7 +202,9 @@ def main() -> None:
     write_section("DP step / plain step by per-sample-gradient mode", rows,
                   ["model", "mode", "plain_ms", "dp_ms", "ratio", "ratio_vs_fastest_plain", "target", "met", "error"],
                   notes=f"batch {args.batch}, {args.threads} thread(s), median of {args.steps} alternating steps; "
-                        "fedward trains with `hooks` (Opacus's default). The plain step of one model varies between "
+                        "fedward trains image-cnn and the GAN discriminator with `layers` (its own per-layer "
+                        "backward, Opacus's optimiser), sequence-rnn with `ew`, the tabular model with `hooks`. "
+                        "The plain step of one model varies between "
                         "pairings on a shared 2-core machine (e.g. LSTM 52-85 ms), so `ratio` (within a pairing) "
                         "and `ratio_vs_fastest_plain` can differ; a mode meets a target only if both do.")
 

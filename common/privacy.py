@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +25,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader
 
 from common.errors import ConfigError
+from common.per_sample import PerSampleLayers
 
 History = list[tuple[float, float, int]]
 
@@ -103,22 +106,51 @@ def make_private(
     """Wrap for DP-SGD with Poisson sampling; the accountant continues `state.history`.
 
     The caller keeps using `module` itself for its state dict, so weight keys never
-    carry Opacus's `_module.` prefix. `grad_sample_mode` is Opacus's way of computing
-    per-sample gradients: "hooks" (its default) or "ew" (torch's expanded weights,
-    faster for the CNN, LSTM and GRU here: benchmarks/dp_step.py).
+    carry Opacus's `_module.` prefix. `grad_sample_mode` says how per-sample gradients
+    are computed: Opacus's "hooks" (its default) or "ew" (torch's expanded weights,
+    faster for the LSTM and GRU here), or "layers", fedward's own per-layer backward
+    (common/per_sample.py; fastest for the CNN and the GAN discriminator:
+    benchmarks/dp_step.py), which Opacus's optimiser clips and noises as usual. With
+    "layers" call `end_private` after training to give the model its own forwards back.
     """
     # Known, harmless for us: secure_mode needs torchcsprng (no build for 3.11), and
     # the first layer's inputs never require gradients.
     warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
     warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
+    layers = PerSampleLayers(module) if grad_sample_mode == "layers" else None  # refuses unsupported layers
     engine = PrivacyEngine(accountant="rdp")
     engine.accountant.history = [tuple(h) for h in state.history]
     wrapped, dp_optimizer, dp_loader = engine.make_private(
         module=module, optimizer=optimizer, data_loader=loader,
         noise_multiplier=state.noise_multiplier, max_grad_norm=state.max_grad_norm,
-        poisson_sampling=True, grad_sample_mode=grad_sample_mode,
+        poisson_sampling=True, grad_sample_mode="no_op" if layers else grad_sample_mode,
     )
+    if layers is not None:
+        layers.attach()
+        wrapped.per_sample_layers = layers
     return wrapped, dp_optimizer, dp_loader, engine
+
+
+@contextmanager
+def plain_gradients(wrapped: torch.nn.Module) -> Iterator[None]:
+    """No per-sample gradients inside the block, whatever the mode (a GAN's generator step)."""
+    layers: PerSampleLayers | None = getattr(wrapped, "per_sample_layers", None)
+    if layers is not None:
+        with layers.paused():
+            yield
+        return
+    wrapped.disable_hooks()  # type: ignore[operator]
+    try:
+        yield
+    finally:
+        wrapped.enable_hooks()  # type: ignore[operator]
+
+
+def end_private(wrapped: torch.nn.Module) -> None:
+    """The model's own forwards back after training in mode "layers" (no-op otherwise)."""
+    layers: PerSampleLayers | None = getattr(wrapped, "per_sample_layers", None)
+    if layers is not None:
+        layers.detach()
 
 
 def history_to_json(history: History) -> str:

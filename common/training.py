@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.config import RunConfig
 from common.data import Samples
 from common.metrics import classification_metrics
-from common.privacy import DPState, make_private
+from common.privacy import DPState, end_private, make_private
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,7 @@ def fit_classifier(
             seen += len(y)
             steps += 1
     if dp is not None:
+        end_private(trainable)
         dp.history = [tuple(h) for h in engine.accountant.history]
     return TrainOutcome(num_examples=len(data), loss=total / max(seen, 1), steps=steps)
 

@@ -2,13 +2,14 @@
 
 Each step sums the discriminator's real and fake losses before one backward pass
 (Opacus then clips one per-sample gradient per real image). During the generator
-step the discriminator's hooks are switched off; the generator learns only from
+step the discriminator's per-sample gradients are switched off; the generator learns only from
 the DP discriminator, which is post-processing.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from torch.nn import functional as F
 from common.config import RunConfig
 from common.data import Samples
 from common.metrics import auroc
-from common.privacy import DPState, make_private
+from common.privacy import DPState, end_private, make_private, plain_gradients
 from common.tasks.image_gan.model import LATENT, ConditionalGAN
 from common.training import TrainOutcome, make_loader
 
@@ -36,7 +37,7 @@ def train_gan(
     loader = make_loader(data, config.batch_size, round_seed)
     critic: nn.Module = disc
     if dp is not None:
-        critic, opt_d, loader, engine = make_private(disc, opt_d, loader, dp)
+        critic, opt_d, loader, engine = make_private(disc, opt_d, loader, dp, "layers")
     total, seen, steps = 0.0, 0, 0
     for _ in range(config.local_epochs):
         for x, y in loader:
@@ -58,23 +59,21 @@ def train_gan(
             seen += n
             steps += 1
     if dp is not None:
+        end_private(critic)
         dp.history = [tuple(h) for h in engine.accountant.history]
     return TrainOutcome(num_examples=len(data), loss=total / max(seen, 1), steps=steps)
 
 
 def _generator_step(
     gen: nn.Module, critic: nn.Module, opt_g: torch.optim.Optimizer, n: int,
-    num_classes: int, device: torch.device, hooked: bool,
+    num_classes: int, device: torch.device, private: bool,
 ) -> None:
-    if hooked:
-        critic.disable_hooks()  # type: ignore[operator]
-    opt_g.zero_grad(set_to_none=True)
-    labels = torch.randint(num_classes, (n,), device=device)
-    logits = critic(gen(torch.randn(n, LATENT, device=device), labels), labels)
-    F.binary_cross_entropy_with_logits(logits, torch.ones(n, device=device)).backward()
-    opt_g.step()
-    if hooked:
-        critic.enable_hooks()  # type: ignore[operator]
+    with plain_gradients(critic) if private else nullcontext():
+        opt_g.zero_grad(set_to_none=True)
+        labels = torch.randint(num_classes, (n,), device=device)
+        logits = critic(gen(torch.randn(n, LATENT, device=device), labels), labels)
+        F.binary_cross_entropy_with_logits(logits, torch.ones(n, device=device)).backward()
+        opt_g.step()
 
 
 @torch.no_grad()
