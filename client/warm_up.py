@@ -5,8 +5,8 @@ torch import `torch._dynamo` & co. (about 200 modules, ~1 s), Opacus and the
 task folders load more on first use. A ClientApp forked from a process that only
 imported them pays that on every message. `warm_up` trains one DP step of the
 tabular model on 16 synthetic rows, evaluates it, computes an epsilon and imports
-every task, and loads torch's per-sample-gradient module that the image and
-sequence tasks' expanded-weights DP mode uses. It runs on one CPU thread: torch's OpenMP worker threads, once started,
+every task, and loads torch's per-sample-gradient module that the sequence
+task's expanded-weights DP mode uses. It runs on one CPU thread: torch's OpenMP worker threads, once started,
 make a forked child hang at its first parallel operation (measured: every child
 hung), and a CUDA context does not survive fork either.
 """
