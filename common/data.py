@@ -42,6 +42,7 @@ class TaskData:
     num_classes: int
     source: str  # the path or name it was read from, for messages and model cards
     skipped: tuple[str, ...] = ()  # unreadable items left out (bad-files=skip), each with its reason
+    validation: Samples | None = None  # a central validation split, for choosing settings (never test)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import f1_score, recall_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc_auc_score, roc_curve
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -48,3 +48,24 @@ def majority_baseline(y_train: np.ndarray, y_test: np.ndarray) -> float:
         return math.nan
     majority = np.bincount(y_train).argmax()
     return float((y_test == majority).mean())
+
+
+def youden_cut(y_true: np.ndarray, p_positive: np.ndarray) -> float:
+    """The cut on P(class 1) with the largest sensitivity + specificity (Youden's J), i.e.
+    the best balanced accuracy, on these labels."""
+    if len(np.unique(y_true)) < 2:
+        return math.nan
+    fpr, tpr, thresholds = roc_curve(y_true, p_positive)
+    return float(min(thresholds[int(np.argmax(tpr - fpr))], 1.0))
+
+
+def at_cut(y_true: np.ndarray, p_positive: np.ndarray, cut: float) -> dict[str, float]:
+    """Accuracy, balanced accuracy, sensitivity and specificity calling class 1 at P >= cut."""
+    pred = (p_positive >= cut).astype(np.int64)
+    positive, negative = y_true == 1, y_true == 0
+    return {
+        "accuracy": float((pred == y_true).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
+        "sensitivity": float(pred[positive].mean()) if positive.any() else math.nan,
+        "specificity": float(1 - pred[negative].mean()) if negative.any() else math.nan,
+    }

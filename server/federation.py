@@ -24,6 +24,7 @@ from common.serialization import load_arrays, to_arrays
 from common.tasks import get_task, load_data
 from server import central_dp
 from server.exchange import send_and_receive
+from server.operating_point import operating_point
 from server.records import RunRecorder, row_of, save_checkpoint, save_final_model
 from server.run_state import restore_strategy, start
 from server.report import model_card, write_model_card, write_report_png
@@ -64,6 +65,15 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     save_final_model(out_dir, arrays)
     load_arrays(model, arrays)
     extra = task.finish(model, data, config, out_dir, device) if task.finish else {}
+    if central is not None and central.test is not None and central.validation is not None \
+            and task.classifier and num_classes == 2:
+        point = operating_point(model, central.validation, central.test, device)
+        if point is not None:
+            extra["operating_point"] = point
+            t = point["test"]
+            print(f"operating point chosen on the validation split: P(class 1) >= {point['cut']:.4f}; test "
+                  f"accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, specificity "
+                  f"{t['specificity']:.3f}", flush=True)
     card = model_card(config, recorder.rows, recorder.rejections, extra, data.source if data else config.data_path)
     write_model_card(out_dir, card)
     if card["central_dp"]["enabled"]:

@@ -66,5 +66,6 @@ def _load_cached(
             data,
             train=subsample(data.train, max_samples, seed),
             test=None if data.test is None else subsample(data.test, max_samples, seed),
+            validation=None if data.validation is None else subsample(data.validation, max_samples, seed),
         )
     return data

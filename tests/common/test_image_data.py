@@ -27,6 +27,7 @@ def make_folder(root: Path, per_class: int = 3) -> Path:
 def test_pneumoniamnist_npz_keeps_the_official_splits(data_dir: Path):
     data = load(data_dir / "medmnist" / "pneumoniamnist.npz")
     assert len(data.train) == 4708 and len(data.test) == 624
+    assert data.validation is not None and len(data.validation) == 524  # val_*: the server's validation split
     assert data.input_shape == (1, 28, 28) and data.num_classes == 2
     assert 0.0 <= data.train.x.min() and data.train.x.max() <= 1.0
 

@@ -129,6 +129,9 @@ def test_image_cnn_on_pneumoniamnist_subset(data_dir: Path, tmp_path: Path):
     card = assert_run_directory(out, rounds=2)
     central = card["final_metrics"]["central_evaluation"]
     assert central["num_examples"] == 400 and 0 <= central["auroc"] <= 1
+    point = card["final_metrics"]["operating_point"]  # MedMNIST has a validation split: a cut chosen on it
+    assert 0 < point["cut"] <= 1 and set(point["test"]) >= {"accuracy", "sensitivity", "specificity"}
+    assert point["validation"]["balanced_accuracy"] >= 0.5, "Youden's cut is at least chance on its own split"
     weights = torch.load(out / "final_model.pt")
     model = get_task("image-cnn").build_model((1, 28, 28), 2, RunConfig(task="image-cnn"))
     model.load_state_dict(weights)  # strict: no `_module.` keys

@@ -47,7 +47,8 @@ def load_images(path: str, config: RunConfig) -> TaskData:
 
 
 def load_medmnist(path: Path) -> TaskData:
-    """A MedMNIST v2 file: train_* go to the hospitals, test_* is the central test set."""
+    """A MedMNIST v2 file: train_* go to the hospitals, test_* is the central test set,
+    val_* (when present) the central validation split."""
     wanted = ("train_images", "train_labels", "test_images", "test_labels")
     try:
         with np.load(path) as npz:
@@ -57,14 +58,22 @@ def load_medmnist(path: Path) -> TaskData:
                     f"{path}: missing array {missing[0]!r}; a MedMNIST file has "
                     f"{', '.join(wanted)}"
                 )
-            arrays = {k: npz[k] for k in wanted}
+            arrays = {k: npz[k] for k in (*wanted, "val_images", "val_labels") if k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from err
     train = _medmnist_split(arrays["train_images"], arrays["train_labels"], path)
     test = _medmnist_split(arrays["test_images"], arrays["test_labels"], path)
+    validation = None
+    if "val_images" in arrays and "val_labels" in arrays:
+        validation = _medmnist_split(arrays["val_images"], arrays["val_labels"], path)
+        if validation.x.shape[1:] != train.x.shape[1:]:
+            raise DataError(f"{path}: 'val_images' have shape {validation.x.shape[1:]} but train images "
+                            f"{train.x.shape[1:]}")
     num_classes = int(max(train.y.max(), test.y.max())) + 1
     check_labels(train.y, num_classes, str(path))
-    return TaskData(train, test, max(2, num_classes), str(path))
+    if validation is not None:
+        check_labels(validation.y, max(2, num_classes), f"{path} (val_labels)")
+    return TaskData(train, test, max(2, num_classes), str(path), validation=validation)
 
 
 def _medmnist_split(images: np.ndarray, labels: np.ndarray, path: Path) -> Samples:
