@@ -13,12 +13,30 @@ CONFIG = RunConfig(task="sequence-rnn")
 
 def test_mitbih_beats_get_aami_labels_and_patient_sites(mitbih_subset: Path):
     data = get_task("sequence-rnn").load(str(mitbih_subset), CONFIG)
-    assert data.input_shape == (90, 1) and data.num_classes == 5
+    assert data.input_shape == (90, 4) and data.num_classes == 5
     assert set(data.train.groups) == {"100", "105", "119", "208"}
     labels = set(np.unique(data.train.y))
     assert {0, 2} <= labels  # record 119 and 208 hold many ventricular (V) beats
     per_beat = data.train.x[:, :, 0]
     assert np.allclose(per_beat.mean(axis=1), 0, atol=1e-4)
+    rhythm = data.train.x[:, 0, 1:]
+    assert np.array_equal(data.train.x[:, -1, 1:], rhythm), "RR features are the same at every step"
+    # premature ventricular beats come early and are followed by a compensatory pause
+    normal, ventricular = rhythm[data.train.y == 0], rhythm[data.train.y == 2]
+    assert np.median(ventricular[:, 0]) < 0.85 < np.median(normal[:, 0])
+    assert np.median(ventricular[:, 1]) > 1.15 > np.median(normal[:, 1])
+
+
+def test_rr_features_are_relative_to_the_patients_own_rhythm():
+    from common.tasks.sequence_rnn.dataset import rr_features
+
+    peaks = np.array([0, 100, 200, 250, 400, 500])  # beat 3 is early, beat 4 follows a pause
+    rr = rr_features(peaks, local=2)
+    mean = 100.0
+    assert np.allclose(rr[:, 0] * mean, [100, 100, 100, 50, 150, 100])  # interval before (first: after)
+    assert np.allclose(rr[:, 1] * mean, [100, 100, 50, 150, 100, 100])  # interval after (last: before)
+    assert np.allclose(rr[:, 2] * mean, [100, 100, 100, 75, 100, 125])  # mean of the 2 intervals before
+    assert np.allclose(rr_features(peaks * 3, local=2), rr), "unitless: the same at another sampling rate"
 
 
 def test_truncated_wfdb_record_is_named(data_dir: Path, tmp_path: Path):

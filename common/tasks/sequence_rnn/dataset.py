@@ -1,7 +1,8 @@
 """ECG heartbeats: MIT-BIH records (WFDB) or a .npz of beat rows.
 
 A WFDB folder is read with `wfdb`: lead 0 of every record, one window around each
-annotated R peak, labelled with the 5 AAMI classes. The natural site of a beat is
+annotated R peak, labelled with the 5 AAMI classes, with the beat's RR intervals
+(relative to the patient's mean) as three more channels. The natural site of a beat is
 its record (patient), so `partition=natural` splits hospitals by patient.
 A .npz file holds `x` (N, T) beats, `y` labels and optionally `groups` (each
 beat's patient or site) and a central test split `x_test`, `y_test` (e.g. the
@@ -59,7 +60,8 @@ def load_sequences(path: str, config: RunConfig) -> TaskData:
 
 
 def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Beats (N, T, 1) z-normalised and AAMI labels (N,) of one WFDB record."""
+    """Beats (N, T, 4) and AAMI labels (N,) of one WFDB record: channel 0 the z-normalised
+    waveform, channels 1-3 the beat's RR features (`rr_features`), the same at every step."""
     import wfdb
 
     try:
@@ -70,20 +72,42 @@ def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{stem}: cannot read this WFDB record ({type(err).__name__}: {err}); check that "
             ".hea, .dat and .atr are complete"
         ) from err
-    beats, labels = [], []
-    for peak, symbol in zip(annotation.sample, annotation.symbol, strict=True):
-        label = AAMI_MAP.get(symbol)
-        if label is None or peak < BEFORE or peak + AFTER > len(signal):
-            continue
-        beats.append(signal[peak - BEFORE : peak + AFTER : DOWNSAMPLE])
-        labels.append(label)
-    if not beats:
+    symbols = np.asarray(annotation.symbol)
+    is_beat = np.isin(symbols, list(AAMI_MAP))
+    peaks, symbols = np.asarray(annotation.sample)[is_beat], symbols[is_beat]
+    if len(peaks) == 0:
         raise DataError(f"{stem}: no annotated heartbeats found in this record")
-    x = np.asarray(beats, dtype=np.float32)
+    rhythm = rr_features(peaks)
+    keep = (peaks >= BEFORE) & (peaks + AFTER <= len(signal))
+    if not keep.any():
+        raise DataError(f"{stem}: no annotated heartbeats found in this record")
+    x = np.asarray([signal[p - BEFORE : p + AFTER : DOWNSAMPLE] for p in peaks[keep]], dtype=np.float32)
     if not np.isfinite(x).all():
         raise DataError(f"{stem}: the signal holds NaN values; the .dat file may be truncated")
     x = (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)
-    return x[..., None], np.asarray(labels, dtype=np.int64)
+    steps = x.shape[1]
+    channels = np.concatenate([x[..., None], np.repeat(rhythm[keep][:, None, :], steps, axis=1)], axis=2)
+    labels = np.asarray([AAMI_MAP[s] for s in symbols[keep]], dtype=np.int64)
+    return channels.astype(np.float32), labels
+
+
+def rr_features(peaks: np.ndarray, local: int = 10) -> np.ndarray:
+    """(N, 3) rhythm of each beat, relative to the record's mean RR interval: the RR interval
+    before it, the one after it, and the mean of the `local` intervals before it. A beat's own
+    waveform is z-normalised, so these carry what it loses: whether it came early (de Chazal et
+    al. 2004's RR features, the ones inter-patient classification relies on), in units of the
+    patient's own rhythm."""
+    if len(peaks) < 2:
+        return np.ones((len(peaks), 3), dtype=np.float32)
+    rr = np.diff(peaks).astype(np.float64)
+    mean = rr.mean()
+    pre = np.concatenate([[rr[0]], rr])
+    post = np.concatenate([rr, [rr[-1]]])
+    cumulative = np.concatenate([[0.0], np.cumsum(pre)])
+    index = np.arange(len(pre))
+    start = np.maximum(index + 1 - local, 0)
+    local_mean = (cumulative[index + 1] - cumulative[start]) / (index + 1 - start)
+    return (np.stack([pre, post, local_mean], axis=1) / mean).astype(np.float32)
 
 
 def _load_npz(path: Path) -> TaskData:
