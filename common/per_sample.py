@@ -20,7 +20,8 @@ mean-reduced loss: each sample's gradient is the batch's gradient times the batc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import MethodType
 from typing import Any
@@ -52,14 +53,7 @@ def _patches(x: torch.Tensor, conv: nn.Conv1d | nn.Conv2d) -> torch.Tensor:
         (xp.shape[0], xp.shape[1], *kernel, *out),
         (s[0], s[1], *(s[2 + d] * dilation[d] for d in range(dims)), *(s[2 + d] * stride[d] for d in range(dims))),
     )
-    return view.reshape(xp.shape[0], -1, _prod(out))
-
-
-def _prod(values: list[int]) -> int:
-    result = 1
-    for v in values:
-        result *= v
-    return result
+    return view.reshape(xp.shape[0], -1, math.prod(out))
 
 
 class _ConvFn(torch.autograd.Function):
@@ -190,7 +184,7 @@ def _embedding_forward(self: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     return _EmbeddingFn.apply(ids, self.weight, self)
 
 
-def _supported(module: nn.Module) -> Any:
+def _supported(module: nn.Module) -> Callable[..., torch.Tensor] | None:
     kind = type(module)
     if kind in (nn.Conv1d, nn.Conv2d):
         ok = module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
