@@ -4,18 +4,20 @@ Opacus's "hooks" mode lets autograd compute every layer's summed weight gradient
 (thrown away under DP) and then derives per-sample gradients by unfolding the
 input (im2col), which on a CPU costs more than the convolution itself. Its "ew"
 mode skips the summed gradient but unfolds the same way. Here each supported
-layer runs through an autograd function whose backward computes the input
-gradient alone and writes the per-sample weight gradients straight into
-`param.grad_sample`, the attribute Opacus's `DPOptimizer` clips, sums and noises;
-the model is wrapped with Opacus's "no_op" mode, its extension point for exactly
-this. For a convolution the per-sample gradient is one batched matrix product
-against a strided view of the padded input (no im2col), about as fast as the
-plain weight gradient it replaces (benchmarks/dp_step.py).
+layer computes its output from detached parameters, so autograd computes the
+input gradient alone, and a tap on the output hands the output gradient and the
+layer's input to a grad sampler, whose per-sample gradients go straight into
+`param.grad_sample`, the attribute Opacus's `DPOptimizer` clips, sums and
+noises; the model is wrapped with Opacus's "no_op" mode, its extension point for
+exactly this. The grad samplers are Opacus's own, except for convolutions: one
+batched matrix product against a strided view of the padded input (no im2col),
+about as fast as the plain weight gradient it replaces (benchmarks/dp_step.py).
 
-Layers: Conv1d/Conv2d (groups 1, zero padding), Linear, GroupNorm, LayerNorm (the
-affine part), Embedding. A model with trainable parameters anywhere else is refused
-by `check_supported`, naming the layer. Gradients follow Opacus's convention for a
-mean-reduced loss: each sample's gradient is the batch's gradient times the batch size.
+Layers: Conv1d/Conv2d (groups 1, zero padding), Linear, affine GroupNorm and
+LayerNorm, Embedding (no padding index, max norm or sparse gradients). A model with
+trainable parameters anywhere else is refused by `check_supported`, naming the layer.
+Gradients follow Opacus's convention for a mean-reduced loss: each sample's gradient
+is the batch's gradient times the batch size.
 """
 
 from __future__ import annotations
@@ -30,14 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from opacus.grad_sample import GradSampleModule
+
 from common.errors import ConfigError
 
-
-def _store(param: torch.Tensor, grad_sample: torch.Tensor) -> None:
-    if getattr(param, "grad_sample", None) is None:
-        param.grad_sample = grad_sample
-    else:  # the same layer used twice in one forward pass
-        param.grad_sample = param.grad_sample + grad_sample
+# Opacus's own per-sample gradient formulas, by layer type (convolutions: conv_grad_sample below)
+GRAD_SAMPLERS = GradSampleModule.GRAD_SAMPLERS
 
 
 def _patches(x: torch.Tensor, conv: nn.Conv1d | nn.Conv2d) -> torch.Tensor:
@@ -56,132 +56,73 @@ def _patches(x: torch.Tensor, conv: nn.Conv1d | nn.Conv2d) -> torch.Tensor:
     return view.reshape(xp.shape[0], -1, math.prod(out))
 
 
-class _ConvFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                conv: nn.Module) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.conv = conv
-        return conv._conv_forward(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
-        x, weight = ctx.saved_tensors
-        conv = ctx.conv
-        n = grad.shape[0]
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, list(conv.stride), list(conv.padding), list(conv.dilation), False,
-                [0] * (x.dim() - 2), 1, [True, False, False])[0]
-        flat = grad.reshape(n, grad.shape[1], -1)
-        if conv.weight.requires_grad:
-            patches = _patches(x, conv)
-            per_sample = torch.baddbmm(flat.new_empty(n, flat.shape[1], patches.shape[1]), flat,
-                                       patches.transpose(1, 2), beta=0, alpha=n)
-            _store(conv.weight, per_sample.view(n, *weight.shape))
-        if conv.bias is not None and conv.bias.requires_grad:
-            _store(conv.bias, flat.sum(2).mul_(n))
-        return grad_x, None, None, None
+def conv_grad_sample(conv: nn.Module, activations: list[torch.Tensor],
+                     backprops: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """Opacus's grad-sampler signature; one batched product against `_patches` instead of
+    Opacus's unfold + einsum."""
+    x, n = activations[0], backprops.shape[0]
+    flat = backprops.reshape(n, backprops.shape[1], -1)
+    out = {}
+    if conv.weight.requires_grad:
+        patches = _patches(x, conv)  # type: ignore[arg-type]
+        out[conv.weight] = torch.bmm(flat, patches.transpose(1, 2)).view(n, *conv.weight.shape)
+    if conv.bias is not None and conv.bias.requires_grad:
+        out[conv.bias] = flat.sum(2)
+    return out
 
 
-class _LinearFn(torch.autograd.Function):
+class _Tap(torch.autograd.Function):
+    """Identity on a layer's output; its backward hands the output gradient and the layer's
+    input to the layer's grad sampler and stores what it returns in `param.grad_sample`.
+    `weight` is an input only so that the tap runs even where nothing before it needs a
+    gradient (the first layer); it gets none."""
+
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                layer: nn.Linear) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+    def forward(ctx: Any, out: torch.Tensor, x: torch.Tensor, layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
         ctx.layer = layer
-        return F.linear(x, weight, bias)
+        return out.view_as(out)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
-        x, weight = ctx.saved_tensors
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        (x,) = ctx.saved_tensors
         layer = ctx.layer
-        n = grad.shape[0]
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
-        g = grad.reshape(n, -1, grad.shape[-1]) * n
-        if layer.weight.requires_grad:
-            _store(layer.weight, torch.bmm(g.transpose(1, 2), x.reshape(n, -1, x.shape[-1])))
-        if layer.bias is not None and layer.bias.requires_grad:
-            _store(layer.bias, g.sum(1))
-        return grad_x, None, None, None
+        sampler = conv_grad_sample if type(layer) in (nn.Conv1d, nn.Conv2d) else GRAD_SAMPLERS[type(layer)]
+        for param, grad_sample in sampler(layer, [x], grad * grad.shape[0]).items():  # mean loss, as Opacus
+            if getattr(param, "grad_sample", None) is None:
+                param.grad_sample = grad_sample
+            else:  # the same layer used twice in one forward pass
+                param.grad_sample = param.grad_sample + grad_sample
+        return grad, None, None, None
 
 
-class _AffineFn(torch.autograd.Function):
-    """y = normalised * weight + bias, weight and bias per channel (dim 1) or over the
-    trailing dims (LayerNorm); per-sample gradients summed over everything else."""
-
-    @staticmethod
-    def forward(ctx: Any, normalised: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                layer: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
-        ctx.save_for_backward(normalised, weight)
-        ctx.layer, ctx.shape = layer, shape
-        out = normalised * weight.view(shape)
-        return out + bias.view(shape) if bias is not None else out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:
-        normalised, weight = ctx.saved_tensors
-        layer, shape = ctx.layer, ctx.shape
-        n = grad.shape[0]
-        keep = [d for d, size in enumerate(shape) if size != 1 and d > 0]
-        summed = [d for d in range(1, grad.dim()) if d not in keep]
-
-        def per_sample(t: torch.Tensor) -> torch.Tensor:
-            t = t.sum(summed) if summed else t
-            return (t * n).reshape(n, *layer.weight.shape)
-
-        if layer.weight.requires_grad:
-            _store(layer.weight, per_sample(grad * normalised))
-        if layer.bias is not None and layer.bias.requires_grad:
-            _store(layer.bias, per_sample(grad))
-        return grad * weight.view(shape), None, None, None, None
+def _tapped(layer: nn.Module, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return _Tap.apply(out, x.detach(), layer, layer.weight)
 
 
-class _EmbeddingFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, ids: torch.Tensor, weight: torch.Tensor, layer: nn.Embedding) -> torch.Tensor:
-        ctx.save_for_backward(ids)
-        ctx.layer = layer
-        return F.embedding(ids, weight, layer.padding_idx, layer.max_norm, layer.norm_type,
-                           layer.scale_grad_by_freq, layer.sparse)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None]:
-        (ids,) = ctx.saved_tensors
-        layer = ctx.layer
-        n = grad.shape[0]
-        flat_ids = ids.reshape(n, -1)
-        per_sample = grad.new_zeros(n, *layer.weight.shape)
-        per_sample.scatter_add_(1, flat_ids.unsqueeze(-1).expand(-1, -1, grad.shape[-1]),
-                                grad.reshape(n, -1, grad.shape[-1]) * n)
-        if layer.padding_idx is not None:
-            per_sample[:, layer.padding_idx] = 0
-        _store(layer.weight, per_sample)
-        return None, None, None
+def _detached(p: torch.Tensor | None) -> torch.Tensor | None:
+    return None if p is None else p.detach()
 
 
 def _conv_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    return _ConvFn.apply(x, self.weight, self.bias, self)
+    return _tapped(self, self._conv_forward(x, self.weight.detach(), _detached(self.bias)), x)
 
 
 def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return _LinearFn.apply(x, self.weight, self.bias, self)
+    return _tapped(self, F.linear(x, self.weight.detach(), _detached(self.bias)), x)
 
 
 def _group_norm_forward(self: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    normalised = F.group_norm(x, self.num_groups, None, None, self.eps)
-    return _AffineFn.apply(normalised, self.weight, self.bias, self, (1, -1) + (1,) * (x.dim() - 2))
+    return _tapped(self, F.group_norm(x, self.num_groups, self.weight.detach(), _detached(self.bias), self.eps), x)
 
 
 def _layer_norm_forward(self: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    normalised = F.layer_norm(x, self.normalized_shape, None, None, self.eps)
-    shape = (1,) * (x.dim() - len(self.normalized_shape)) + tuple(self.normalized_shape)
-    return _AffineFn.apply(normalised, self.weight, self.bias, self, shape)
+    out = F.layer_norm(x, self.normalized_shape, self.weight.detach(), _detached(self.bias), self.eps)
+    return _tapped(self, out, x)
 
 
 def _embedding_forward(self: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-    return _EmbeddingFn.apply(ids, self.weight, self)
+    return _tapped(self, F.embedding(ids, self.weight.detach()), ids)
 
 
 def _supported(module: nn.Module) -> Callable[..., torch.Tensor] | None:
@@ -195,8 +136,9 @@ def _supported(module: nn.Module) -> Callable[..., torch.Tensor] | None:
         return _group_norm_forward if module.affine else None
     if kind is nn.LayerNorm:
         return _layer_norm_forward if module.elementwise_affine else None
-    if kind is nn.Embedding:
-        return _embedding_forward if not module.sparse and module.max_norm is None else None
+    if kind is nn.Embedding:  # Opacus's sampler gives padding rows a gradient: only plain embeddings
+        plain = module.padding_idx is None and module.max_norm is None and not module.sparse
+        return _embedding_forward if plain and not module.scale_grad_by_freq else None
     return None
 
 
@@ -212,7 +154,7 @@ def check_supported(model: nn.Module) -> None:
             raise ConfigError(
                 f"layer '{name or type(module).__name__}' ({type(module).__name__}) has no per-sample gradient "
                 "in grad_sample_mode 'layers' (supported: Conv1d/Conv2d with groups=1 and numeric zero padding, "
-                "Linear, affine GroupNorm/LayerNorm, Embedding); train this model with 'ew' or 'hooks'")
+                "Linear, affine GroupNorm/LayerNorm, plain Embedding); train this model with 'ew' or 'hooks'")
 
 
 class PerSampleLayers:

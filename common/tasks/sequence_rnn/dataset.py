@@ -75,12 +75,10 @@ def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
     symbols = np.asarray(annotation.symbol)
     is_beat = np.isin(symbols, list(AAMI_MAP))
     peaks, symbols = np.asarray(annotation.sample)[is_beat], symbols[is_beat]
-    if len(peaks) == 0:
-        raise DataError(f"{stem}: no annotated heartbeats found in this record")
-    rhythm = rr_features(peaks)
     keep = (peaks >= BEFORE) & (peaks + AFTER <= len(signal))
     if not keep.any():
         raise DataError(f"{stem}: no annotated heartbeats found in this record")
+    rhythm = rr_features(peaks)
     x = np.asarray([signal[p - BEFORE : p + AFTER : DOWNSAMPLE] for p in peaks[keep]], dtype=np.float32)
     if not np.isfinite(x).all():
         raise DataError(f"{stem}: the signal holds NaN values; the .dat file may be truncated")
