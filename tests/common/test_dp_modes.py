@@ -152,6 +152,9 @@ def test_layers_mode_refuses_a_layer_it_cannot_handle_naming_it():
     with pytest.raises(ConfigError, match=r"layer 'rnn' \(LSTM\).*train this model with 'ew' or 'hooks'"):
         per_sample_layers(model).__enter__()
     assert "forward" not in model["head"].__dict__, "nothing was switched"
+    padded = nn.ModuleDict({"tokens": nn.Embedding(5, 3, padding_idx=0)})  # its padding row must get no gradient
+    with pytest.raises(ConfigError, match=r"layer 'tokens' \(Embedding\)"):
+        per_sample_layers(padded).__enter__()
     rnn = get_task("sequence-rnn").build_model((40, 1), 5, RunConfig(task="sequence-rnn", model="lstm"))
     with pytest.raises(ConfigError, match=r"layer 'rnn' \(DPLSTM\)"):
         per_sample_layers(rnn).__enter__()
