@@ -2,6 +2,10 @@
 
 Every reply holds exactly one ArrayRecord (train only) and one MetricRecord, the
 contract of Flower's built-in strategies, plus a ConfigRecord naming the hospital.
+A train message whose config carries `fedward-evaluate-first` (fused rounds) is
+first evaluated as received, i.e. the previous round's global model, and those
+scores travel back as a ConfigRecord `evaluation` in the train reply: one message
+per round instead of a train and an evaluate message.
 A bad input raises a FedwardError before anything is trained or sent; Flower turns
 it into an error reply that the server logs with the hospital's node id.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 import time
 import zlib
 
+import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -24,8 +29,10 @@ from common.device import pick_device
 from common.ledger import BudgetExceeded, DatasetLine
 from common.serialization import load_arrays, to_arrays
 from common.tasks import get_task, resolve
+from common.tasks.base import Task
 
 app = ClientApp()
+EVALUATE_FIRST = "fedward-evaluate-first"
 
 
 def _setup(content: RecordDict, context: Context) -> tuple[RunConfig, HospitalData]:
@@ -33,10 +40,14 @@ def _setup(content: RecordDict, context: Context) -> tuple[RunConfig, HospitalDa
     return config, hospital_data(config, node_settings(context.node_config))
 
 
-def _reply(hospital: HospitalData, metrics: dict, arrays=None, refusal: str = "") -> RecordDict:  # type: ignore[no-untyped-def]
+def _reply(  # type: ignore[no-untyped-def]
+    hospital: HospitalData, metrics: dict, arrays=None, refusal: str = "", evaluation: dict | None = None,
+) -> RecordDict:
     content = RecordDict({"metrics": MetricRecord(metrics), "hospital": ConfigRecord({"name": hospital.name})})
     if arrays is not None:
         content["arrays"] = arrays
+    if evaluation is not None:  # a ConfigRecord: the strategies want exactly one MetricRecord per reply
+        content["evaluation"] = ConfigRecord(evaluation)
     if refusal:
         reason, _, detail = refusal.partition(": ")
         content["refusal"] = ConfigRecord({"reason": reason, "detail": detail})
@@ -78,6 +89,7 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int) -> RecordDic
     model = task.build_model(hospital.input_shape, hospital.num_classes, config)
     load_arrays(model, content["arrays"])
     server_round = int(content["config"].get("server-round", 0))
+    evaluation = _evaluate(task, model, config, hospital) if content["config"].get(EVALUATE_FIRST) else None
     account = None
     try:
         account = _account(content, flwr_run_id, context, config, hospital) if config.dp else _no_dp(context)
@@ -86,7 +98,7 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int) -> RecordDic
         if account:
             account.close()
         print(f"hospital {hospital.name} refused round {server_round}: {refusal}", flush=True)
-        return _reply(hospital, {"num-examples": 0}, refusal=str(refusal))
+        return _reply(hospital, {"num-examples": 0}, refusal=str(refusal), evaluation=evaluation)
     seed = config.seed * 100_003 + server_round * 1_009 + zlib.crc32(hospital.name.encode()) % 997
     start = time.perf_counter()
     try:
@@ -107,7 +119,18 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int) -> RecordDic
         "seconds": seconds,
         "skipped-files": hospital.skipped_files,
     }
-    return _reply(hospital, metrics, update)
+    return _reply(hospital, metrics, update, evaluation=evaluation)
+
+
+def _evaluate(task: Task, model: torch.nn.Module, config: RunConfig, hospital: HospitalData) -> dict:
+    """The model's scores on this hospital's test split; the model itself is left as it is."""
+    start = time.perf_counter()
+    device = pick_device()
+    if task.classifier and config.prior_correction:
+        model = prior_corrected(model, hospital.train, hospital.num_classes, device)
+    scores = task.evaluate(model, hospital.test, device)
+    return {"num-examples": len(hospital.test), **scores, "seconds": time.perf_counter() - start,
+            "skipped-files": hospital.skipped_files}
 
 
 @app.evaluate()
@@ -116,14 +139,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     task = get_task(config.task)
     model = task.build_model(hospital.input_shape, hospital.num_classes, config)
     load_arrays(model, msg.content["arrays"])
-    start = time.perf_counter()
-    device = pick_device()
-    if task.classifier and config.prior_correction:
-        model = prior_corrected(model, hospital.train, hospital.num_classes, device)
-    scores = task.evaluate(model, hospital.test, device)
-    metrics = {"num-examples": len(hospital.test), **scores, "seconds": time.perf_counter() - start,
-               "skipped-files": hospital.skipped_files}
-    return Message(content=_reply(hospital, metrics), reply_to=msg)
+    return Message(content=_reply(hospital, _evaluate(task, model, config, hospital)), reply_to=msg)
 
 
 @app.query()

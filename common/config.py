@@ -27,8 +27,9 @@ STRATEGY_NAMES = (
     "krum",
 )
 # Keys that Flower's strategies inject into the ConfigRecord they send.
-# `fedward-run-id` names the run across a resume, for the hospitals' privacy ledgers.
-_INJECTED_KEYS = frozenset({"server-round", "proximal-mu", "fedward-run-id"})
+# `fedward-run-id` names the run across a resume, for the hospitals' privacy ledgers;
+# `fedward-evaluate-first` asks a hospital to evaluate a train message's model before training it.
+_INJECTED_KEYS = frozenset({"server-round", "proximal-mu", "fedward-run-id", "fedward-evaluate-first"})
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ class RunConfig:
     secure_aggregation: bool = False  # SecAgg+: the server sees only the masked sum of updates
     central_dp_noise: float = 0.0  # central (hospital-level) DP: noise multiplier on the mean update; 0 = off
     central_dp_clip: float = 1.0  # central DP: each hospital's update is clipped to this L2 norm
+    # One message per hospital per round: each train message is first evaluated as received (the previous
+    # round's model), one evaluate-only message after the last round. false: a train and an evaluate
+    # message every round (Flower's flow). Secure-aggregation rounds always use separate messages.
+    fused_rounds: bool = True
 
     # ------------------------------------------------------------------ parsing
     @classmethod

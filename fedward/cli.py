@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="central (hospital-level) DP: noise multiplier on the mean update (0: off)")
     sim.add_argument("--central-dp-clip", type=float, default=1.0,
                      help="central DP: each hospital's update is clipped to this L2 norm")
+    sim.add_argument("--separate-evaluate", action="store_true",
+                     help="a train and an evaluate message per hospital and round, instead of one message that "
+                          "evaluates the received model and then trains (fused-rounds=false)")
     sim.add_argument("--out", help="run directory (default: runs/<time>-<task>)")
     sim.add_argument("--cpus-per-hospital", type=float, default=2.0)
     sim.add_argument("--gpus-per-hospital", type=float, default=0.0)
@@ -127,7 +130,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         test_fraction=args.test_fraction, min_hospitals=args.hospitals, seed=args.seed, bad_files=args.bad_files,
         secure_aggregation=args.secure_aggregation,
         central_dp_noise=args.central_dp_noise, central_dp_clip=args.central_dp_clip,
-        out_dir=str(Path(out).resolve()),
+        fused_rounds=not args.separate_evaluate, out_dir=str(Path(out).resolve()),
     )
 
 

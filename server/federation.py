@@ -3,6 +3,12 @@
 The strategy is a stock `flwr.serverapp.strategy` object; this loop drives its
 configure/aggregate methods itself (as `Strategy.start` does) so that every round
 can screen replies, write per-hospital records and a checkpoint.
+
+Fused rounds (`fused-rounds`, the default): round r's train message asks each
+hospital to evaluate the model it carries (round r-1's) before training it, and
+those scores are recorded as round r-1's federated evaluation; after the last
+round one evaluate-only message. A round costs one message per hospital instead
+of two, which in a deployment is most of the round's overhead.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -28,9 +34,9 @@ from server.operating_point import operating_point
 from server.records import RunRecorder, row_of, save_checkpoint, save_final_model
 from server.run_state import restore_strategy, start
 from server.report import model_card, write_model_card, write_report_png
-from server.screening import Rejection, screen
+from server.screening import Rejection, hospital_of, screen
 from server.secure_round import secure_train
-from server.strategies import build_strategy
+from server.strategies import build_strategy, weighted_nanmean
 
 
 def run_federation(grid: Grid, config: RunConfig) -> Path:
@@ -50,9 +56,12 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     sent = ConfigRecord({**config.to_mapping(), "fedward-run-id": state.run_id})
     central = data if data is not None and data.test is not None else None
     device = pick_device()
+    fused = config.fused_rounds and not config.secure_aggregation
     for server_round in range(state.completed_round + 1, config.num_server_rounds + 1):
-        arrays = _phase(grid, config, strategy, recorder, server_round, arrays, sent, train=True)
-        _phase(grid, config, strategy, recorder, server_round, arrays, sent, train=False)
+        evaluate_first = fused and server_round > 1  # round 0's model (the initial one) is not evaluated
+        arrays = _phase(grid, config, strategy, recorder, server_round, arrays, sent, True, evaluate_first)
+        if not fused or server_round == config.num_server_rounds:
+            _phase(grid, config, strategy, recorder, server_round, arrays, sent, train=False)
         if central is not None and central.test is not None:
             t0 = time.perf_counter()
             load_arrays(model, arrays)
@@ -87,12 +96,14 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
 
 def _phase(
     grid: Grid, config: RunConfig, strategy: Strategy, recorder: RunRecorder,
-    server_round: int, arrays: ArrayRecord, sent: ConfigRecord, train: bool,
+    server_round: int, arrays: ArrayRecord, sent: ConfigRecord, train: bool, evaluate_first: bool = False,
 ) -> ArrayRecord:
     """One train or evaluate exchange: configure, send, screen, record, aggregate.
 
-    Returns the new global weights (train), or `arrays` unchanged (evaluate, or a
-    train phase in which every reply was refused or rejected).
+    With `evaluate_first` the train messages also ask for the received model's scores,
+    recorded as the previous round's evaluation. Returns the new global weights (train),
+    or `arrays` unchanged (evaluate, or a train phase in which every reply was refused
+    or rejected).
     """
     split = "train" if train else "evaluate"
     _wait_for_hospitals(grid, config)  # Flower's node sampling would wait forever
@@ -100,7 +111,11 @@ def _phase(
     if train and config.secure_aggregation:
         return _secure_phase(grid, config, strategy, recorder, server_round, arrays, sent, t0)
     configure = strategy.configure_train if train else strategy.configure_evaluate
+    if evaluate_first:
+        sent = ConfigRecord({**sent, "fedward-evaluate-first": True})
     replies = send_and_receive(grid, configure(server_round, arrays, sent, grid), config.round_timeout)
+    if evaluate_first:
+        _record_evaluations(recorder, server_round - 1, replies)
     accepted, rejected = screen(replies, arrays, train=train, outlier_factor=config.outlier_factor)
     recorder.reject(server_round, split, rejected)
     recorder.hospitals(server_round, split, accepted)
@@ -118,6 +133,19 @@ def _phase(
         aggregated, metrics = None, strategy.aggregate_evaluate(server_round, accepted)
     recorder.aggregate(server_round, split, metrics and dict(metrics), time.perf_counter() - t0)
     return aggregated if aggregated is not None else arrays
+
+
+def _record_evaluations(recorder: RunRecorder, evaluated_round: int, replies: list[Message]) -> None:
+    """The `evaluation` records of fused train replies, written as that round's evaluate rows."""
+    scores = [(hospital_of(m), MetricRecord(dict(m.content.config_records["evaluation"]))) for m in replies
+              if not m.has_error() and "evaluation" in m.content.config_records]
+    for hospital, metrics in scores:
+        recorder.write(evaluated_round, hospital, "evaluate", row_of(metrics))
+    if scores:
+        mean = weighted_nanmean([RecordDict({"metrics": m}) for _, m in scores], "num-examples")
+        recorder.aggregate(evaluated_round, "evaluate", dict(mean), None)  # no phase of its own to time
+    else:
+        recorder.reject(evaluated_round, "evaluate", [Rejection("all", "no hospital returned an evaluation")])
 
 
 def _secure_phase(

@@ -1,7 +1,8 @@
 """Per-round records of a run: metrics.jsonl, TensorBoard, the console, checkpoints.
 
 metrics.jsonl holds one JSON object per round per hospital and split (`train`,
-`evaluate`), one aggregate per round and split (`hospital: "all"`), and the
+`evaluate`), one aggregate per round and split (`hospital: "all"`; its seconds are
+the phase's wall time, none for an evaluation fused into the next train message), and the
 central evaluation (`hospital: "server"`), each with round, hospital, split,
 loss, accuracy, auroc, macro_f1, epsilon, num_examples and seconds.
 """
@@ -67,7 +68,7 @@ class RunRecorder:
         for msg in replies:
             self.write(server_round, hospital_of(msg), split, row_of(next(iter(msg.content.metric_records.values()))))
 
-    def aggregate(self, server_round: int, split: str, metrics: dict[str, Any] | None, seconds: float) -> None:
+    def aggregate(self, server_round: int, split: str, metrics: dict[str, Any] | None, seconds: float | None) -> None:
         if metrics is None:
             return
         self.write(server_round, "all", split, {**row_of(metrics), "seconds": seconds})

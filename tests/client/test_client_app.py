@@ -78,3 +78,25 @@ def test_weights_for_another_model_are_refused_before_training(data_dir: Path):
     with pytest.raises(FedwardError, match="do not fit this task's model"):
         app(message("train", initial(config, (13,), 2), config, 1), context)
     assert not context.state.config_records, "nothing was trained or recorded"
+
+
+def test_fused_train_message_evaluates_the_received_model_before_training(data_dir: Path):
+    """The `evaluation` in a fused train reply is the received model's score, the same as
+    an evaluate message with that model gets; the trained weights are not what was scored."""
+    config = RunConfig(data_path=str(data_dir / "heart_disease_uci"), partition="natural", lr=0.5)
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 4},
+                      state=RecordDict(), run_config={})
+    arrays = initial(config, (10,), 2)
+    alone = app(message("evaluate", arrays, config, 2), context).content["metrics"]
+    fused = message("train", arrays, config, 2)
+    fused.content["config"]["fedward-evaluate-first"] = True
+    reply = app(fused, context)
+    assert not reply.has_error(), reply.error
+    evaluation = reply.content["evaluation"]
+    for key in ("num-examples", "loss", "accuracy", "auroc"):
+        assert evaluation[key] == pytest.approx(alone[key]), key
+    assert len(reply.content.metric_records) == 1, "the strategies' contract: one MetricRecord per reply"
+    after = app(message("evaluate", reply.content["arrays"], config, 2), context).content["metrics"]
+    assert after["loss"] != pytest.approx(evaluation["loss"]), "the model was scored before it was trained"
+    plain = app(message("train", arrays, config, 3), context)
+    assert "evaluation" not in plain.content, "only when the server asks"

@@ -70,9 +70,10 @@ class LoopbackFederation:
         for name in hospitals:
             assert self.fedward("certs", "hospital", name, "--out", str(self.keys)).returncode == 0
 
-    def start_superlink(self) -> None:
+    def start_superlink(self, in_memory: bool = False) -> None:
+        database = ":flwr-in-memory:" if in_memory else str(self.root / "state.db")
         self.start("superlink", "superlink", "--certs", str(self.certs), "--database",
-                   str(self.root / "state.db"), "--host", "127.0.0.1", "--port", str(self.port))
+                   database, "--host", "127.0.0.1", "--port", str(self.port))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with socket.socket() as sock:
