@@ -24,7 +24,7 @@ from client.node_privacy import node_privacy
 from client.privacy_state import RunAccount
 from client.secure import is_masked_stage, masked_reply, secagg_when_asked
 from common.calibration import prior_corrected
-from common.config import RunConfig
+from common.config import EVALUATE_FIRST, RunConfig
 from common.device import pick_device
 from common.ledger import BudgetExceeded, DatasetLine
 from common.serialization import load_arrays, to_arrays
@@ -32,7 +32,6 @@ from common.tasks import get_task, resolve
 from common.tasks.base import Task
 
 app = ClientApp()
-EVALUATE_FIRST = "fedward-evaluate-first"
 
 
 def _setup(content: RecordDict, context: Context) -> tuple[RunConfig, HospitalData]:

@@ -29,7 +29,8 @@ STRATEGY_NAMES = (
 # Keys that Flower's strategies inject into the ConfigRecord they send.
 # `fedward-run-id` names the run across a resume, for the hospitals' privacy ledgers;
 # `fedward-evaluate-first` asks a hospital to evaluate a train message's model before training it.
-_INJECTED_KEYS = frozenset({"server-round", "proximal-mu", "fedward-run-id", "fedward-evaluate-first"})
+EVALUATE_FIRST = "fedward-evaluate-first"
+_INJECTED_KEYS = frozenset({"server-round", "proximal-mu", "fedward-run-id", EVALUATE_FIRST})
 
 
 @dataclass(frozen=True)

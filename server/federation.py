@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from common.config import RunConfig
+from common.config import EVALUATE_FIRST, RunConfig
 from common.data import TaskData
 from common.device import pick_device
 from common.errors import DataError, FedwardError
@@ -112,7 +112,7 @@ def _phase(
         return _secure_phase(grid, config, strategy, recorder, server_round, arrays, sent, t0)
     configure = strategy.configure_train if train else strategy.configure_evaluate
     if evaluate_first:
-        sent = ConfigRecord({**sent, "fedward-evaluate-first": True})
+        sent = ConfigRecord({**sent, EVALUATE_FIRST: True})
     replies = send_and_receive(grid, configure(server_round, arrays, sent, grid), config.round_timeout)
     if evaluate_first:
         _record_evaluations(recorder, server_round - 1, replies)
@@ -136,9 +136,22 @@ def _phase(
 
 
 def _record_evaluations(recorder: RunRecorder, evaluated_round: int, replies: list[Message]) -> None:
-    """The `evaluation` records of fused train replies, written as that round's evaluate rows."""
-    scores = [(hospital_of(m), MetricRecord(dict(m.content.config_records["evaluation"]))) for m in replies
-              if not m.has_error() and "evaluation" in m.content.config_records]
+    """The `evaluation` records of fused train replies, written as that round's evaluate rows.
+
+    Only numbers are kept; an evaluation without a whole `num-examples` is set aside
+    with the hospital named, like any other malformed reply."""
+    scores: list[tuple[str, MetricRecord]] = []
+    rejected: list[Rejection] = []
+    for msg in replies:
+        if msg.has_error() or "evaluation" not in msg.content.config_records:
+            continue
+        values = {k: v for k, v in msg.content.config_records["evaluation"].items()
+                  if isinstance(v, int | float) and not isinstance(v, bool)}
+        if not isinstance(values.get("num-examples"), int) or values["num-examples"] < 0:
+            rejected.append(Rejection(hospital_of(msg), "evaluation needs a whole num-examples >= 0"))
+            continue
+        scores.append((hospital_of(msg), MetricRecord(values)))
+    recorder.reject(evaluated_round, "evaluate", rejected)
     for hospital, metrics in scores:
         recorder.write(evaluated_round, hospital, "evaluate", row_of(metrics))
     if scores:

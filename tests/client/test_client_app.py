@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, Reco
 from opacus.accountants import RDPAccountant
 
 from client.app import app
-from common.config import RunConfig
+from common.config import EVALUATE_FIRST, RunConfig
 from common.errors import FedwardError
 from common.tasks import get_task
 from common.training import batches_per_epoch
@@ -89,7 +89,7 @@ def test_fused_train_message_evaluates_the_received_model_before_training(data_d
     arrays = initial(config, (10,), 2)
     alone = app(message("evaluate", arrays, config, 2), context).content["metrics"]
     fused = message("train", arrays, config, 2)
-    fused.content["config"]["fedward-evaluate-first"] = True
+    fused.content["config"][EVALUATE_FIRST] = True
     reply = app(fused, context)
     assert not reply.has_error(), reply.error
     evaluation = reply.content["evaluation"]

@@ -57,3 +57,23 @@ def test_fused_rounds_send_half_the_messages_and_evaluate_the_same_models(tmp_pa
     card = json.loads((tmp_path / "fused" / "model_card.json").read_text())
     assert card["final_metrics"]["federated_evaluation"]["round"] == ROUNDS
 
+
+
+def test_a_malformed_evaluation_is_set_aside_naming_the_hospital(tmp_path: Path):
+    from flwr.app import ConfigRecord
+
+    def boast(msg, reply):  # type: ignore[no-untyped-def]
+        if not reply.has_error() and "evaluation" in reply.content:
+            reply.content["evaluation"] = ConfigRecord({"accuracy": "excellent"})
+        return reply
+
+    config = RunConfig(data_path="builtin:breast-cancer", num_server_rounds=2, dp=False, min_hospitals=HOSPITALS,
+                       out_dir=str(tmp_path))
+    nodes = [{"partition-id": i, "num-partitions": HOSPITALS} for i in range(HOSPITALS)]
+    run_federation(InProcessGrid(app, nodes, {0: boast}), config)
+    rejections = [json.loads(line) for line in (tmp_path / "rejections.jsonl").read_text().splitlines()]
+    assert {"round": 1, "hospital": "hospital-0", "split": "evaluate",
+            "reason": "evaluation needs a whole num-examples >= 0"} in rejections
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first = {r["hospital"] for r in rows if r["round"] == 1 and r["split"] == "evaluate"}
+    assert first == {"hospital-1", "hospital-2", "all"}, "the others' scores still count"
