@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -34,7 +34,7 @@ from server.operating_point import operating_point
 from server.records import RunRecorder, row_of, save_checkpoint, save_final_model
 from server.run_state import restore_strategy, start
 from server.report import model_card, write_model_card, write_report_png
-from server.screening import Rejection, hospital_of, screen
+from server.screening import Rejection, evaluations, screen
 from server.secure_round import secure_train
 from server.strategies import build_strategy, weighted_nanmean
 
@@ -136,21 +136,8 @@ def _phase(
 
 
 def _record_evaluations(recorder: RunRecorder, evaluated_round: int, replies: list[Message]) -> None:
-    """The `evaluation` records of fused train replies, written as that round's evaluate rows.
-
-    Only numbers are kept; an evaluation without a whole `num-examples` is set aside
-    with the hospital named, like any other malformed reply."""
-    scores: list[tuple[str, MetricRecord]] = []
-    rejected: list[Rejection] = []
-    for msg in replies:
-        if msg.has_error() or "evaluation" not in msg.content.config_records:
-            continue
-        values = {k: v for k, v in msg.content.config_records["evaluation"].items()
-                  if isinstance(v, int | float) and not isinstance(v, bool)}
-        if not isinstance(values.get("num-examples"), int) or values["num-examples"] < 0:
-            rejected.append(Rejection(hospital_of(msg), "evaluation needs a whole num-examples >= 0"))
-            continue
-        scores.append((hospital_of(msg), MetricRecord(values)))
+    """The `evaluation` records of fused train replies, written as that round's evaluate rows."""
+    scores, rejected = evaluations(replies)
     recorder.reject(evaluated_round, "evaluate", rejected)
     for hospital, metrics in scores:
         recorder.write(evaluated_round, hospital, "evaluate", row_of(metrics))

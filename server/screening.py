@@ -4,7 +4,8 @@ A refusal (a hospital's privacy ledger said no), an error reply, a reply without
 ArrayRecord and one MetricRecord, weights whose keys or shapes differ from the
 global model's, or weights with NaN/Inf are set aside with the hospital and the
 reason; so are updates whose norm is far above the round's median
-(`outlier-factor`). The rest are aggregated.
+(`outlier-factor`). The rest are aggregated. `evaluations` does the same for the
+scores a fused train reply carries in its `evaluation` record.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, Message, MetricRecord
 
 from server.exchange import DESTINATION
 
@@ -58,6 +59,22 @@ def screen(
         accepted, outliers = _norm_outliers(accepted, norms, outlier_factor)
         rejected.extend(outliers)
     return accepted, rejected
+
+
+def evaluations(replies: list[Message]) -> tuple[list[tuple[str, MetricRecord]], list[Rejection]]:
+    """Each hospital's fused evaluation, numbers only; one without a whole `num-examples` is set aside."""
+    scores: list[tuple[str, MetricRecord]] = []
+    rejected: list[Rejection] = []
+    for msg in replies:
+        if msg.has_error() or "evaluation" not in msg.content.config_records:
+            continue
+        values = {k: v for k, v in msg.content.config_records["evaluation"].items()
+                  if isinstance(v, int | float) and not isinstance(v, bool)}
+        if not isinstance(values.get("num-examples"), int) or values["num-examples"] < 0:
+            rejected.append(Rejection(hospital_of(msg), "evaluation needs a whole num-examples >= 0"))
+        else:
+            scores.append((hospital_of(msg), MetricRecord(values)))
+    return scores, rejected
 
 
 def _norm_or_problem(msg: Message, ref: dict[str, np.ndarray]) -> tuple[float, str | None]:

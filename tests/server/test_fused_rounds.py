@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from flwr.app import ConfigRecord
 
 from client.app import app
 from common.config import RunConfig
@@ -60,8 +61,6 @@ def test_fused_rounds_send_half_the_messages_and_evaluate_the_same_models(tmp_pa
 
 
 def test_a_malformed_evaluation_is_set_aside_naming_the_hospital(tmp_path: Path):
-    from flwr.app import ConfigRecord
-
     def boast(msg, reply):  # type: ignore[no-untyped-def]
         if not reply.has_error() and "evaluation" in reply.content:
             reply.content["evaluation"] = ConfigRecord({"accuracy": "excellent"})
