@@ -14,8 +14,8 @@ GRU <= 2x, GAN discriminator <= 2x.
 
 A second table times whole local epochs through fedward's own trainer
 (`common.training.fit_classifier`: Poisson batches, class weights, the accountant)
-on 640 random samples, plain vs DP with hooks vs DP with expanded weights, on all
-threads: best of 2 repeats, the three interleaved.
+on 640 random samples, plain vs DP with hooks, expanded weights and fedward's own
+`layers`, on all threads: best of 2 repeats, the four interleaved.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.layers import DPGRU, DPLSTM
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -42,11 +43,11 @@ sys.path.insert(0, str(ROOT))
 from common.config import RunConfig  # noqa: E402
 from common.data import Samples  # noqa: E402
 from common.per_sample import PerSampleLayers  # noqa: E402
-from common.privacy import DPState  # noqa: E402
+from common.privacy import DPState, LayersPrivacyEngine  # noqa: E402
 from common.tasks import get_task  # noqa: E402
 from common.tasks.image_cnn.model import build_cnn  # noqa: E402
 from common.tasks.image_gan.model import Discriminator  # noqa: E402
-from common.tasks.sequence_rnn.model import build_rnn  # noqa: E402
+from common.tasks.sequence_rnn.model import RNNClassifier  # noqa: E402
 from common.training import fit_classifier  # noqa: E402
 from report import write_section  # noqa: E402
 
@@ -66,17 +67,33 @@ class LabelledDiscriminator(nn.Module):
         return torch.stack([-self.inner(images, labels), self.inner(images, labels)], dim=1)
 
 
-def cases(batch: int) -> dict[str, tuple[Callable[[], nn.Module], torch.Tensor, torch.Tensor]]:
+OPACUS_RNN = {"lstm": DPLSTM, "gru": DPGRU}  # what Opacus's own modes need for an LSTM/GRU
+
+
+def rnn_builder(cell: str) -> Callable[[str], nn.Module]:
+    """fedward's sequence model (torch's LSTM/GRU) for `layers` and plain steps; for Opacus's
+    modes, the same model on Opacus's DPLSTM/DPGRU, which those modes require."""
+    def build(mode: str) -> nn.Module:
+        if mode in ("plain", "layers"):
+            return RNNClassifier(1, 5, cell)
+        return RNNClassifier(1, 5, cell, recurrent_layers=OPACUS_RNN)
+    return build
+
+
+def rnn_layer_of(model: nn.Module) -> str:
+    rnn = getattr(model, "rnn", None)
+    return "" if rnn is None else type(rnn).__name__
+
+
+def cases(batch: int) -> dict[str, tuple[Callable[[str], nn.Module], torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 2, (batch,), generator=g)
     packed = torch.cat([torch.rand(batch, 784, generator=g), labels.unsqueeze(1).float()], dim=1)
     return {
-        "cnn": (lambda: build_cnn((1, 28, 28), 2, RunConfig()), torch.rand(batch, 1, 28, 28, generator=g), labels),
-        "lstm": (lambda: build_rnn((187, 1), 5, RunConfig(model="lstm")), torch.rand(batch, 187, 1, generator=g),
-                 torch.randint(0, 5, (batch,), generator=g)),
-        "gru": (lambda: build_rnn((187, 1), 5, RunConfig(model="gru")), torch.rand(batch, 187, 1, generator=g),
-                torch.randint(0, 5, (batch,), generator=g)),
-        "gan-discriminator": (LabelledDiscriminator, packed, labels),
+        "cnn": (lambda mode: build_cnn((1, 28, 28), 2, RunConfig()), torch.rand(batch, 1, 28, 28, generator=g), labels),
+        "lstm": (rnn_builder("lstm"), torch.rand(batch, 187, 1, generator=g), torch.randint(0, 5, (batch,), generator=g)),
+        "gru": (rnn_builder("gru"), torch.rand(batch, 187, 1, generator=g), torch.randint(0, 5, (batch,), generator=g)),
+        "gan-discriminator": (lambda mode: LabelledDiscriminator(), packed, labels),
     }
 
 
@@ -94,8 +111,7 @@ def time_pair(plain: Callable[[], None], dp: Callable[[], None], steps: int) -> 
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def plain_step(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    model = build()
+def plain_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     criterion = nn.CrossEntropyLoss()
 
@@ -106,13 +122,12 @@ def plain_step(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor)
     return step
 
 
-def dp_step(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, mode: str) -> Callable[[], None]:
-    model = build()
+def dp_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str) -> Callable[[], None]:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     criterion = nn.CrossEntropyLoss()
     loader = DataLoader(TensorDataset(x, y), batch_size=len(y))
-    engine = PrivacyEngine(accountant="rdp")
     layers = PerSampleLayers(model) if mode == "layers" else None  # fedward's own: Opacus's optimiser, mode no_op
+    engine = (LayersPrivacyEngine if layers else PrivacyEngine)(accountant="rdp")
     if mode == "ghost":
         model, optimizer, criterion, _ = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
@@ -142,10 +157,11 @@ def epoch_rows() -> list[dict]:
         rng = np.random.default_rng(0)
         samples = Samples(rng.random((640, *shape), dtype=np.float32), rng.integers(0, classes, 640))
         best: dict[str, float] = {}
-        variants = ("plain", "hooks", "ew", "layers") if model_name == "cnn" else ("plain", "hooks", "ew")
         for _ in range(2):
-            for variant in variants:
+            for variant in ("plain", "hooks", "ew", "layers"):
                 model = task.build_model(shape, classes, config)
+                if model_name != "cnn" and variant in ("hooks", "ew"):  # Opacus's modes need its DPLSTM/DPGRU
+                    model = RNNClassifier(shape[-1], classes, model_name, recurrent_layers=OPACUS_RNN)
                 dp = None if variant == "plain" else DPState(1.0, 1.0, 1e-5)
                 start = time.perf_counter()
                 fit_classifier(model, samples, classes, config, dp, torch.device("cpu"), 0,
@@ -154,9 +170,8 @@ def epoch_rows() -> list[dict]:
         row = {"measure": "dp_epoch_ratio", "model": model_name, "threads": torch.get_num_threads(),
                "plain_s": round(best["plain"], 2), "hooks_s": round(best["hooks"], 2), "ew_s": round(best["ew"], 2),
                "hooks_ratio": round(best["hooks"] / best["plain"], 2), "ew_ratio": round(best["ew"] / best["plain"], 2),
+               "layers_s": round(best["layers"], 2), "layers_ratio": round(best["layers"] / best["plain"], 2),
                "target": TARGETS[model_name]}
-        if "layers" in best:
-            row.update(layers_s=round(best["layers"], 2), layers_ratio=round(best["layers"] / best["plain"], 2))
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -175,8 +190,9 @@ def main() -> None:
                   ["model", "threads", "plain_s", "hooks_s", "ew_s", "layers_s", "hooks_ratio", "ew_ratio",
                    "layers_ratio", "target"],
                   notes="640 random samples, batch 32 (Poisson under DP), lr 0.1, noise 1.0, clip 1.0; best of 2. "
-                        "sequence-rnn trains with `ew`, image-cnn with `layers` (fedward's own, "
-                        "common/per_sample.py) since 2026-11-23.")
+                        "image-cnn and sequence-rnn train with `layers` (fedward's own, common/per_sample.py); "
+                        "plain and `layers` run the task's model (for sequence-rnn torch's LSTM/GRU), Opacus's "
+                        "`hooks` and `ew` the same model on Opacus's DPLSTM/DPGRU, which they require.")
     if args.epochs_only:
         return
     torch.set_num_threads(args.threads)
@@ -186,9 +202,9 @@ def main() -> None:
             continue
         for mode in MODES:
             row = {"measure": "dp_step_ratio", "model": name, "mode": mode, "batch": args.batch,
-                   "threads": args.threads, "target": TARGETS[name]}
+                   "threads": args.threads, "target": TARGETS[name], "layer": rnn_layer_of(build(mode))}
             try:
-                plain, dp = time_pair(plain_step(build, x, y), dp_step(build, x, y, mode), args.steps)
+                plain, dp = time_pair(plain_step(build(mode), x, y), dp_step(build(mode), x, y, mode), args.steps)
                 row.update(plain_ms=round(plain * 1e3, 2), dp_ms=round(dp * 1e3, 2), ratio=round(dp / plain, 2))
             except Exception as err:  # noqa: BLE001 - a mode Opacus refuses is a result
                 row["error"] = f"{type(err).__name__}: {str(err)[:120]}"
@@ -200,10 +216,15 @@ def main() -> None:
             row["ratio_vs_fastest_plain"] = round(row["dp_ms"] / min(plains), 2)
             row["met"] = max(row["ratio"], row["ratio_vs_fastest_plain"]) <= row["target"]
     write_section("DP step / plain step by per-sample-gradient mode", rows,
-                  ["model", "mode", "plain_ms", "dp_ms", "ratio", "ratio_vs_fastest_plain", "target", "met", "error"],
+                  ["model", "mode", "layer", "plain_ms", "dp_ms", "ratio", "ratio_vs_fastest_plain", "target", "met",
+                   "error"],
                   notes=f"batch {args.batch}, {args.threads} thread(s), median of {args.steps} alternating steps; "
-                        "fedward trains image-cnn and the GAN discriminator with `layers` (its own per-layer "
-                        "backward, Opacus's optimiser), sequence-rnn with `ew`, the tabular model with `hooks`. "
+                        "fedward trains image-cnn, the GAN discriminator and (since 2026-11-23, session 8) "
+                        "sequence-rnn with `layers` (its own per-layer backward, Opacus's optimiser), the tabular "
+                        "model with `hooks`. `layer`: the recurrent layer both steps of a pairing ran: Opacus's "
+                        "modes need its DPLSTM/DPGRU (a Python loop per time step), `layers` keeps torch's "
+                        "LSTM/GRU, so the fastest plain step of an RNN is torch's own (oneDNN's fused LSTM on this "
+                        "CPU). "
                         "The plain step of one model varies between "
                         "pairings on a shared 2-core machine (e.g. LSTM 52-85 ms), so `ratio` (within a pairing) "
                         "and `ratio_vs_fastest_plain` can differ; a mode meets a target only if both do.")

@@ -5,8 +5,7 @@ torch import `torch._dynamo` & co. (about 200 modules, ~1 s), Opacus and the
 task folders load more on first use. A ClientApp forked from a process that only
 imported them pays that on every message. `warm_up` trains one DP step of the
 tabular model on 16 synthetic rows, evaluates it, computes an epsilon and imports
-every task, and loads torch's per-sample-gradient module that the sequence
-task's expanded-weights DP mode uses. It runs on one CPU thread: torch's OpenMP worker threads, once started,
+every task. It runs on one CPU thread: torch's OpenMP worker threads, once started,
 make a forked child hang at its first parallel operation (measured: every child
 hung), and a CUDA context does not survive fork either.
 """
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.utils._per_sample_grad  # noqa: F401 - Opacus's "ew" mode, loaded on first use
 
 from common.config import TASK_NAMES, RunConfig
 from common.data import Samples

@@ -14,7 +14,14 @@ batched matrix product against a strided view of the padded input (no im2col),
 about as fast as the plain weight gradient it replaces (benchmarks/dp_step.py).
 
 Layers: Conv1d/Conv2d (groups 1, zero padding), Linear, affine GroupNorm and
-LayerNorm, Embedding (no padding index, max norm or sparse gradients). A model with
+LayerNorm, Embedding (no padding index, max norm or sparse gradients), and torch's own
+one-layer, batch-first, unidirectional LSTM and GRU. For those, the input projections of
+all time steps (x_t W_ih^T + b_ih) are computed first and tapped, then torch's fused
+recurrence runs on them with an identity input weight and detached weights: its input
+gradient is then each step's gate gradient, from which, with the hidden states it
+returned, all four weights' per-sample gradients are four batched products (the GRU's
+hidden weights see the new-gate gradient scaled by its reset gate). Opacus instead needs
+its DPLSTM/DPGRU, a Python loop hooked at every time step. A model with
 trainable parameters anywhere else is refused by `check_supported`, naming the layer.
 Gradients follow Opacus's convention for a mean-reduced loss: each sample's gradient
 is the batch's gradient times the batch size.
@@ -71,29 +78,60 @@ def conv_grad_sample(conv: nn.Module, activations: list[torch.Tensor],
     return out
 
 
+def rnn_grad_sample(rnn: nn.LSTM | nn.GRU, activations: list[Any],
+                    backprops: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of a one-layer LSTM/GRU from the gradient of its input projections
+    (batch, time, gates) and the hidden states the recurrence saw: x_t W_ih^T + b_ih and
+    h_{t-1} W_hh^T + b_hh feed the same gate pre-activations, except the GRU's new gate,
+    whose hidden part is multiplied by the reset gate r_t first (recomputed here)."""
+    x, trace = activations
+    h_prev, hidden_grad = trace["h_prev"], backprops
+    if isinstance(rnn, nn.GRU):
+        size = rnn.hidden_size
+        reset = torch.sigmoid(torch.baddbmm(trace["projected"][..., :size] + rnn.bias_hh_l0[:size].detach(),
+                                            h_prev, rnn.weight_hh_l0[:size].detach().t().expand(len(x), -1, -1)))
+        hidden_grad = torch.cat([backprops[..., : 2 * size], backprops[..., 2 * size :] * reset], -1)
+    return {  # (batch, in, time) x (batch, time, gates), transposed: 1.5-10x faster on a CPU than the other way
+        rnn.weight_ih_l0: torch.bmm(x.transpose(1, 2), backprops).transpose(1, 2),
+        rnn.bias_ih_l0: backprops.sum(1),
+        rnn.weight_hh_l0: torch.bmm(h_prev.transpose(1, 2), hidden_grad).transpose(1, 2),
+        rnn.bias_hh_l0: hidden_grad.sum(1),
+    }
+
+
+# fedward's own grad samplers; every other supported layer uses Opacus's
+OWN_SAMPLERS: dict[type, Callable[..., dict[nn.Parameter, torch.Tensor]]] = {
+    nn.Conv1d: conv_grad_sample, nn.Conv2d: conv_grad_sample,
+    nn.LSTM: rnn_grad_sample, nn.GRU: rnn_grad_sample,
+}
+
+
 class _Tap(torch.autograd.Function):
     """Identity on a layer's output; its backward hands the output gradient and the layer's
     input to the layer's grad sampler and stores what it returns in `param.grad_sample`.
     `weight` is an input only so that the tap runs even where nothing before it needs a
-    gradient (the first layer); it gets none."""
+    gradient (the first layer); it gets none. `trace`: what the layer records after the tap
+    (an RNN's hidden states), read in the backward pass."""
 
     @staticmethod
-    def forward(ctx: Any, out: torch.Tensor, x: torch.Tensor, layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, out: torch.Tensor, x: torch.Tensor, layer: nn.Module, weight: torch.Tensor,
+                trace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         ctx.save_for_backward(x)
-        ctx.layer = layer
+        ctx.layer, ctx.trace = layer, trace
         return out.view_as(out)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
         (x,) = ctx.saved_tensors
         layer = ctx.layer
-        sampler = conv_grad_sample if type(layer) in (nn.Conv1d, nn.Conv2d) else GRAD_SAMPLERS[type(layer)]
-        for param, grad_sample in sampler(layer, [x], grad * grad.shape[0]).items():  # mean loss, as Opacus
+        sampler = OWN_SAMPLERS.get(type(layer)) or GRAD_SAMPLERS[type(layer)]
+        activations = [x] if ctx.trace is None else [x, ctx.trace]
+        for param, grad_sample in sampler(layer, activations, grad * grad.shape[0]).items():  # mean loss, as Opacus
             if getattr(param, "grad_sample", None) is None:
                 param.grad_sample = grad_sample
             else:  # the same layer used twice in one forward pass
                 param.grad_sample = param.grad_sample + grad_sample
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def _tapped(layer: nn.Module, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -125,6 +163,28 @@ def _embedding_forward(self: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     return _tapped(self, F.embedding(ids, self.weight.detach()), ids)
 
 
+def _rnn_forward(self: nn.LSTM | nn.GRU, x: torch.Tensor,
+                 hx: Any = None) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    if hx is not None or x.dim() != 3:
+        raise ValueError(f"per-sample gradients of {type(self).__name__} need a (batch, time, features) input "
+                         "and no initial state")
+    trace: dict[str, torch.Tensor] = {}
+    projected = F.linear(x, self.weight_ih_l0.detach(), self.bias_ih_l0.detach())
+    projected = _Tap.apply(projected, x.detach(), self, self.weight_ih_l0, trace)
+    gates = projected.shape[-1]
+    weights = [torch.eye(gates, dtype=x.dtype, device=x.device), self.weight_hh_l0.detach(),
+               projected.new_zeros(gates), self.bias_hh_l0.detach()]
+    h0 = projected.new_zeros(1, len(x), self.hidden_size)
+    if isinstance(self, nn.LSTM):
+        out, h, c = torch.lstm(projected, (h0, h0), weights, True, 1, 0.0, self.training, False, True)
+        state: Any = (h, c)
+    else:
+        out, state = torch.gru(projected, h0, weights, True, 1, 0.0, self.training, False, True)
+    trace["projected"] = projected.detach()
+    trace["h_prev"] = torch.cat([h0.transpose(0, 1), out[:, :-1]], 1).detach()
+    return out, state
+
+
 def _supported(module: nn.Module) -> Callable[..., torch.Tensor] | None:
     kind = type(module)
     if kind in (nn.Conv1d, nn.Conv2d):
@@ -132,6 +192,9 @@ def _supported(module: nn.Module) -> Callable[..., torch.Tensor] | None:
         return _conv_forward if ok else None
     if kind is nn.Linear:
         return _linear_forward
+    if kind in (nn.LSTM, nn.GRU):  # one layer, batch first, one direction, biases, no projection
+        plain = module.num_layers == 1 and module.batch_first and not module.bidirectional and module.bias
+        return _rnn_forward if plain and getattr(module, "proj_size", 0) == 0 else None
     if kind is nn.GroupNorm:
         return _group_norm_forward if module.affine else None
     if kind is nn.LayerNorm:
@@ -154,7 +217,9 @@ def check_supported(model: nn.Module) -> None:
             raise ConfigError(
                 f"layer '{name or type(module).__name__}' ({type(module).__name__}) has no per-sample gradient "
                 "in grad_sample_mode 'layers' (supported: Conv1d/Conv2d with groups=1 and numeric zero padding, "
-                "Linear, affine GroupNorm/LayerNorm, plain Embedding); train this model with 'ew' or 'hooks'")
+                "Linear, affine GroupNorm/LayerNorm, plain Embedding, one-layer batch-first unidirectional "
+                "LSTM/GRU with biases); "
+                "train this model with 'ew' or 'hooks' (an LSTM/GRU then on Opacus's DPLSTM/DPGRU)")
 
 
 class PerSampleLayers:

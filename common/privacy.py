@@ -96,6 +96,18 @@ def _rdp_of_one_step(noise: float, sample_rate: float) -> np.ndarray:
     return rdp
 
 
+class LayersPrivacyEngine(PrivacyEngine):
+    """Opacus's engine for mode "layers": fedward's allowlist of layers
+    (`PerSampleLayers`, which refuses any trainable layer it has no per-sample gradient
+    for) replaces Opacus's module validation, which refuses torch's LSTM/GRU because
+    Opacus's own hooks cannot handle them; every other layer Opacus validates is
+    outside the allowlist, so nothing it would refuse gets through."""
+
+    def validate(self, *, module: torch.nn.Module, optimizer: object, data_loader: object) -> None:
+        if not module.training:
+            raise ConfigError("DP training needs the model in training mode (call model.train() first)")
+
+
 def make_private(
     module: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -107,9 +119,9 @@ def make_private(
 
     The caller keeps using `module` itself for its state dict, so weight keys never
     carry Opacus's `_module.` prefix. `grad_sample_mode` says how per-sample gradients
-    are computed: Opacus's "hooks" (its default) or "ew" (torch's expanded weights,
-    faster for the LSTM and GRU here), or "layers", fedward's own per-layer backward
-    (common/per_sample.py; fastest for the CNN and the GAN discriminator:
+    are computed: Opacus's "hooks" (its default) or "ew" (torch's expanded weights),
+    or "layers", fedward's own per-layer backward
+    (common/per_sample.py; fastest for the CNN, the LSTM/GRU and the GAN discriminator:
     benchmarks/dp_step.py), which Opacus's optimiser clips and noises as usual. With
     "layers" call `end_private` after training to give the model its own forwards back.
     """
@@ -118,7 +130,7 @@ def make_private(
     warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
     warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
     layers = PerSampleLayers(module) if grad_sample_mode == "layers" else None  # refuses unsupported layers
-    engine = PrivacyEngine(accountant="rdp")
+    engine = (LayersPrivacyEngine if layers else PrivacyEngine)(accountant="rdp")
     engine.accountant.history = [tuple(h) for h in state.history]
     wrapped, dp_optimizer, dp_loader = engine.make_private(
         module=module, optimizer=optimizer, data_loader=loader,

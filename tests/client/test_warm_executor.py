@@ -102,7 +102,7 @@ def handlers(msg, context):  # what the ClientApp imports, not the server
 nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
 run_federation(InProcessGrid(handlers, nodes),
                RunConfig(num_server_rounds=1, min_hospitals=2, epsilon=3.0, out_dir=tempfile.mkdtemp()))
-import numpy as np  # and the image task's DP training (expanded-weights mode)
+import numpy as np  # and the image task's DP training (its per-layer mode)
 from common.data import Samples
 from common.privacy import DPState
 from common.tasks import get_task

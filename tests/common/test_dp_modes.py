@@ -1,10 +1,10 @@
 """The per-sample gradients each task trains with under DP are the true ones.
 
-sequence-rnn uses torch's expanded weights ("ew"), image-cnn and the image-gan
-discriminator fedward's own per-layer backward ("layers", common/per_sample.py),
-instead of Opacus's hooks, because they are faster (benchmarks/dp_step.py); DP is
-only as good as these gradients, so each is checked against gradients computed one
-sample at a time."""
+image-cnn, sequence-rnn and the image-gan discriminator use fedward's own per-layer
+backward ("layers", common/per_sample.py) instead of Opacus's hooks, because it is
+faster (benchmarks/dp_step.py); DP is only as good as these gradients, so each is
+checked against gradients computed one sample at a time, and a whole clipped step
+against Opacus's own hooks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from opacus.grad_sample import get_gsm_class
+from opacus.layers import DPGRU, DPLSTM
 from torch import nn
 
 from common.config import RunConfig
@@ -23,6 +23,7 @@ from common.per_sample import per_sample_layers
 from common.privacy import DPState, end_private, make_private
 from common.tasks import get_task
 from common.tasks.image_gan.model import Discriminator
+from common.tasks.sequence_rnn.model import RNNClassifier
 
 CASES = {  # task, model, one input's shape, classes
     "cnn": ("image-cnn", "", (1, 28, 28), 2),
@@ -34,28 +35,6 @@ CASES = {  # task, model, one input's shape, classes
 def mode_of(task_name: str) -> str:
     train = get_task(task_name).train
     return getattr(train, "keywords", {}).get("grad_sample_mode", "hooks")
-
-
-@pytest.mark.parametrize("case", ["lstm", "gru"])
-def test_per_sample_gradients_match_one_sample_at_a_time(case: str):
-    task_name, model_name, shape, classes = CASES[case]
-    task = get_task(task_name)
-    assert mode_of(task_name) == "ew"
-    torch.manual_seed(0)
-    x, y = torch.rand(6, *shape), torch.randint(0, classes, (6,))
-    reference = task.build_model(shape, classes, RunConfig(task=task_name, model=model_name))
-    expected = []
-    for i in range(len(y)):
-        reference.zero_grad()
-        nn.functional.cross_entropy(reference(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
-        expected.append({n: p.grad.clone() for n, p in reference.named_parameters()})
-    model = task.build_model(shape, classes, RunConfig(task=task_name, model=model_name))
-    model.load_state_dict(reference.state_dict())
-    wrapped = get_gsm_class(mode_of(task_name))(model, batch_first=True, loss_reduction="sum")
-    nn.functional.cross_entropy(wrapped(x), y, reduction="sum").backward()
-    for name, param in model.named_parameters():
-        for i in range(len(y)):
-            assert torch.allclose(param.grad_sample[i], expected[i][name], atol=1e-5), (name, i)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -75,7 +54,7 @@ def test_dp_training_in_the_tasks_mode_runs_on_poisson_batches(case: str):
     assert dp.history and dp.history[-1][0] == 1.0, "the accountant recorded the noisy steps"
 
 
-# fedward's own per-layer mode ("layers", common/per_sample.py): the image-gan discriminator trains with it.
+# fedward's own per-layer mode ("layers", common/per_sample.py): every task but tabular trains with it.
 
 def _one_at_a_time(model: nn.Module, loss_of, inputs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     expected = []
@@ -98,6 +77,9 @@ def _layer_models() -> dict[str, tuple[nn.Module, object, list[torch.Tensor]]]:
                               lambda m, i, rows: nn.functional.binary_cross_entropy_with_logits(
                                   m(i[0], i[1]), real[rows], reduction="mean"),
                               [torch.rand(5, 1, 28, 28), labels]),
+        **{cell: (get_task("sequence-rnn").build_model((40, 4), 3, RunConfig(task="sequence-rnn", model=cell)),
+                  lambda m, i, rows: nn.functional.cross_entropy(m(i[0]), labels[rows], reduction="mean"),
+                  [torch.randn(5, 40, 4)]) for cell in ("lstm", "gru")},
         "conv1d-layernorm": (nn.Sequential(nn.Conv1d(2, 4, 5, stride=2, padding=2, dilation=2), nn.ReLU(),
                                            nn.Flatten(), nn.LayerNorm(32), nn.Linear(32, 3)),
                              lambda m, i, rows: nn.functional.cross_entropy(m(i[0]), labels[rows], reduction="mean"),
@@ -105,9 +87,9 @@ def _layer_models() -> dict[str, tuple[nn.Module, object, list[torch.Tensor]]]:
     }
 
 
-@pytest.mark.parametrize("case", ["image-cnn", "gan-discriminator", "conv1d-layernorm"])
+@pytest.mark.parametrize("case", ["image-cnn", "gan-discriminator", "lstm", "gru", "conv1d-layernorm"])
 def test_layers_mode_gives_each_samples_own_gradient_and_no_summed_one(case: str):
-    assert mode_of("image-cnn") == "layers"
+    assert mode_of("image-cnn") == mode_of("sequence-rnn") == "layers"
     model, loss_of, inputs = _layer_models()[case]
     expected = _one_at_a_time(model, loss_of, inputs)
     model.zero_grad(set_to_none=True)
@@ -120,16 +102,29 @@ def test_layers_mode_gives_each_samples_own_gradient_and_no_summed_one(case: str
             assert torch.allclose(param.grad_sample[i], want[name], atol=1e-5, rtol=1e-4), (name, i)
 
 
-def test_layers_mode_gives_the_same_clipped_update_as_opacus_hooks():
+def _image_model() -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
+    build = lambda: get_task("image-cnn").build_model((1, 28, 28), 2, RunConfig())  # noqa: E731
+    return build(), build(), torch.rand(8, 1, 28, 28), torch.randint(0, 2, (8,))
+
+
+def _sequence_model(cell: str) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
+    """The task's model (torch's LSTM/GRU) and the same model on Opacus's DPLSTM/DPGRU, which
+    Opacus's hooks need; same parameter names, so one state dict fits both."""
+    ours = get_task("sequence-rnn").build_model((30, 4), 3, RunConfig(task="sequence-rnn", model=cell))
+    opacus = RNNClassifier(4, 3, cell, recurrent_layers={"lstm": DPLSTM, "gru": DPGRU})
+    return ours, opacus, torch.randn(8, 30, 4), torch.randint(0, 3, (8,))
+
+
+@pytest.mark.parametrize("case", ["image-cnn", "lstm", "gru"])
+def test_layers_mode_gives_the_same_clipped_update_as_opacus_hooks(case: str):
     """One DP-SGD step without noise (clipping binds: max norm 0.01) moves the weights exactly as
     Opacus's own hooks mode does, and afterwards the model runs its own forwards again."""
     torch.manual_seed(0)
-    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 2, (8,))
-    base = get_task("image-cnn").build_model((1, 28, 28), 2, RunConfig())
+    ours, opacus, x, y = _image_model() if case == "image-cnn" else _sequence_model(case)
+    base = {n: p.detach().clone() for n, p in ours.named_parameters()}
     after = {}
-    for mode in ("hooks", "layers"):
-        model = get_task("image-cnn").build_model((1, 28, 28), 2, RunConfig())
-        model.load_state_dict(base.state_dict())
+    for mode, model in (("hooks", opacus), ("layers", ours)):
+        model.load_state_dict(base, strict=False)  # Opacus's DP layers add alias keys for the same weights
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
         wrapped, optimizer, _, _ = make_private(model, optimizer, loader, DPState(0.0, 0.01, 1e-5), mode)
@@ -138,10 +133,11 @@ def test_layers_mode_gives_the_same_clipped_update_as_opacus_hooks():
         nn.functional.cross_entropy(wrapped(x), y).backward()
         optimizer.step()
         end_private(wrapped)
-        after[mode] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        state = model.state_dict()
+        after[mode] = {n: state[n].clone() for n in base}
         if mode == "layers":
             assert all("forward" not in m.__dict__ for m in model.modules())
-    moved = max(float((after["hooks"][n] - p).abs().max()) for n, p in base.named_parameters())
+    moved = max(float((after["hooks"][n] - p).abs().max()) for n, p in base.items())
     assert moved > 1e-4
     for name, value in after["hooks"].items():
         assert torch.allclose(after["layers"][name], value, atol=1e-6), name
@@ -155,9 +151,12 @@ def test_layers_mode_refuses_a_layer_it_cannot_handle_naming_it():
     padded = nn.ModuleDict({"tokens": nn.Embedding(5, 3, padding_idx=0)})  # its padding row must get no gradient
     with pytest.raises(ConfigError, match=r"layer 'tokens' \(Embedding\)"):
         per_sample_layers(padded).__enter__()
-    rnn = get_task("sequence-rnn").build_model((40, 1), 5, RunConfig(task="sequence-rnn", model="lstm"))
+    stacked = nn.ModuleDict({"rnn": nn.GRU(1, 4, num_layers=2, batch_first=True)})  # one layer only
+    with pytest.raises(ConfigError, match=r"layer 'rnn' \(GRU\).*one-layer batch-first unidirectional"):
+        per_sample_layers(stacked).__enter__()
+    opacus = nn.ModuleDict({"rnn": DPLSTM(1, 4, batch_first=True)})  # a Python loop of its own cells
     with pytest.raises(ConfigError, match=r"layer 'rnn' \(DPLSTM\)"):
-        per_sample_layers(rnn).__enter__()
+        per_sample_layers(opacus).__enter__()
 
 
 def test_gan_discriminator_trains_in_layers_mode():
