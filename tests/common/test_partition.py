@@ -56,3 +56,21 @@ def test_natural_partition_with_more_hospitals_than_sites_is_refused():
     s = samples(100, groups=np.array(["a", "b"] * 50, dtype=object))
     with pytest.raises(ConfigError, match="has 2 sites, fewer than 3 hospitals"):
         partition_index(s, Partition("natural"), 3, 0, seed=1)
+
+
+def test_a_hospitals_held_out_split_follows_its_own_labels_every_time():
+    """The split is cached per process (it runs for every message): hospitals with as many
+    samples but other labels each get sklearn's stratified split of their own labels, and a
+    repeat or another seed gives what sklearn gives for it."""
+    from sklearn.model_selection import train_test_split
+
+    from common.data import local_split
+
+    rows = np.arange(40, dtype=np.float32).reshape(40, 1)  # x = the row number: the split is readable
+    hospitals = [(np.arange(40) % 2), (np.arange(40) < 10), (np.arange(40) >= 30), (np.arange(40) < 10)]
+    for labels in hospitals:
+        for seed in (3, 4):
+            y = labels.astype(np.int64)
+            _, expected = train_test_split(np.arange(40), test_size=0.25, random_state=seed, stratify=y)
+            _, test = local_split(Samples(rows, y), 0.25, seed=seed)
+            assert sorted(test.x[:, 0].astype(int).tolist()) == sorted(expected.tolist())
