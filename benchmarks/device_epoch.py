@@ -114,9 +114,8 @@ def document(rows: list[dict], facts: dict, command: str) -> None:
         "Local epoch: CPU and CUDA, plain and DP", rows,
         ["task", "device", "mode", "samples", "steps", "seconds_per_epoch", "dp_over_plain", "cpu_over_cuda", "weights_on"],
         notes="One hospital's epoch with the task's own trainer (batch 32); median of 3 after a warm-up. "
-              "At batch 32 these small models leave an H100 mostly idle: the CNN and the GAN run about as fast "
-              "as on 16 CPU cores, and the LSTM (Opacus DPLSTM, one small kernel per time step) runs 2x slower on "
-              "CUDA. Training really runs there (`weights_on`).",
+              "At batch 32 these small models leave an H100 mostly idle. Training really runs there "
+              "(`weights_on`).",
         facts=facts, command=command,
     )
 
