@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from opacus import PrivacyEngine
-from opacus.layers import DPGRU, DPLSTM
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -47,7 +46,7 @@ from common.privacy import DPState, LayersPrivacyEngine  # noqa: E402
 from common.tasks import get_task  # noqa: E402
 from common.tasks.image_cnn.model import build_cnn  # noqa: E402
 from common.tasks.image_gan.model import Discriminator  # noqa: E402
-from common.tasks.sequence_rnn.model import RNNClassifier  # noqa: E402
+from common.tasks.sequence_rnn.model import OPACUS_LAYERS, RNNClassifier  # noqa: E402
 from common.training import fit_classifier  # noqa: E402
 from report import write_section  # noqa: E402
 
@@ -67,16 +66,13 @@ class LabelledDiscriminator(nn.Module):
         return torch.stack([-self.inner(images, labels), self.inner(images, labels)], dim=1)
 
 
-OPACUS_RNN = {"lstm": DPLSTM, "gru": DPGRU}  # what Opacus's own modes need for an LSTM/GRU
-
-
 def rnn_builder(cell: str) -> Callable[[str], nn.Module]:
     """fedward's sequence model (torch's LSTM/GRU) for `layers` and plain steps; for Opacus's
     modes, the same model on Opacus's DPLSTM/DPGRU, which those modes require."""
     def build(mode: str) -> nn.Module:
         if mode in ("plain", "layers"):
             return RNNClassifier(1, 5, cell)
-        return RNNClassifier(1, 5, cell, recurrent_layers=OPACUS_RNN)
+        return RNNClassifier(1, 5, cell, recurrent_layers=OPACUS_LAYERS)
     return build
 
 
@@ -161,7 +157,7 @@ def epoch_rows() -> list[dict]:
             for variant in ("plain", "hooks", "ew", "layers"):
                 model = task.build_model(shape, classes, config)
                 if model_name != "cnn" and variant in ("hooks", "ew"):  # Opacus's modes need its DPLSTM/DPGRU
-                    model = RNNClassifier(shape[-1], classes, model_name, recurrent_layers=OPACUS_RNN)
+                    model = RNNClassifier(shape[-1], classes, model_name, recurrent_layers=OPACUS_LAYERS)
                 dp = None if variant == "plain" else DPState(1.0, 1.0, 1e-5)
                 start = time.perf_counter()
                 fit_classifier(model, samples, classes, config, dp, torch.device("cpu"), 0,
@@ -201,10 +197,11 @@ def main() -> None:
         if name not in args.models:
             continue
         for mode in MODES:
+            plain_model, dp_model = build(mode), build(mode)
             row = {"measure": "dp_step_ratio", "model": name, "mode": mode, "batch": args.batch,
-                   "threads": args.threads, "target": TARGETS[name], "layer": rnn_layer_of(build(mode))}
+                   "threads": args.threads, "target": TARGETS[name], "layer": rnn_layer_of(plain_model)}
             try:
-                plain, dp = time_pair(plain_step(build(mode), x, y), dp_step(build(mode), x, y, mode), args.steps)
+                plain, dp = time_pair(plain_step(plain_model, x, y), dp_step(dp_model, x, y, mode), args.steps)
                 row.update(plain_ms=round(plain * 1e3, 2), dp_ms=round(dp * 1e3, 2), ratio=round(dp / plain, 2))
             except Exception as err:  # noqa: BLE001 - a mode Opacus refuses is a result
                 row["error"] = f"{type(err).__name__}: {str(err)[:120]}"

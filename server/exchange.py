@@ -26,12 +26,11 @@ DESTINATION: dict[str, int] = {}
 
 
 def send_and_receive(
-    grid: Grid, messages: Iterable[Message], timeout: float, poll: float | None = None, until_first: bool = False,
+    grid: Grid, messages: Iterable[Message], timeout: float, until_first: bool = False,
 ) -> list[Message]:
     """Replies until all are in or `timeout`; with `until_first`, stop at the first one
     without an error (one answer from any hospital is enough)."""
-    if poll is None:
-        poll = IN_MEMORY_POLL_S if isinstance(grid, InMemoryGrid) else POLL_S
+    poll = IN_MEMORY_POLL_S if isinstance(grid, InMemoryGrid) else POLL_S
     messages = list(messages)
     ids = list(grid.push_messages(messages))
     DESTINATION.update({i: m.metadata.dst_node_id for i, m in zip(ids, messages, strict=False)})

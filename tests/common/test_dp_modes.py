@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from opacus.layers import DPGRU, DPLSTM
+from opacus.layers import DPLSTM
 from torch import nn
 
 from common.config import RunConfig
@@ -23,7 +23,7 @@ from common.per_sample import per_sample_layers
 from common.privacy import DPState, end_private, make_private
 from common.tasks import get_task
 from common.tasks.image_gan.model import Discriminator
-from common.tasks.sequence_rnn.model import RNNClassifier
+from common.tasks.sequence_rnn.model import OPACUS_LAYERS, RNNClassifier
 
 CASES = {  # task, model, one input's shape, classes
     "cnn": ("image-cnn", "", (1, 28, 28), 2),
@@ -111,7 +111,7 @@ def _sequence_model(cell: str) -> tuple[nn.Module, nn.Module, torch.Tensor, torc
     """The task's model (torch's LSTM/GRU) and the same model on Opacus's DPLSTM/DPGRU, which
     Opacus's hooks need; same parameter names, so one state dict fits both."""
     ours = get_task("sequence-rnn").build_model((30, 4), 3, RunConfig(task="sequence-rnn", model=cell))
-    opacus = RNNClassifier(4, 3, cell, recurrent_layers={"lstm": DPLSTM, "gru": DPGRU})
+    opacus = RNNClassifier(4, 3, cell, recurrent_layers=OPACUS_LAYERS)
     return ours, opacus, torch.randn(8, 30, 4), torch.randint(0, 3, (8,))
 
 

@@ -2,7 +2,7 @@
 
 Server and client build the same module, so state-dict keys always match. Under DP
 they train with fedward's per-sample mode ("layers", common/per_sample.py), which
-keeps torch's fused recurrence; `recurrent_layers` swaps in Opacus's DPLSTM/DPGRU
+keeps torch's fused recurrence; `recurrent_layers=OPACUS_LAYERS` swaps in Opacus's DPLSTM/DPGRU
 (the same parameters and outputs, a Python loop per time step) for benchmarks that
 compare Opacus's own modes.
 """
@@ -10,12 +10,14 @@ compare Opacus's own modes.
 from __future__ import annotations
 
 import torch
+from opacus.layers import DPGRU, DPLSTM
 from torch import nn
 
 from common.config import RunConfig
 from common.errors import ConfigError
 
 TORCH_LAYERS: dict[str, type[nn.Module]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+OPACUS_LAYERS: dict[str, type[nn.Module]] = {"lstm": DPLSTM, "gru": DPGRU}  # what Opacus's own modes need
 
 
 class RNNClassifier(nn.Module):
