@@ -1,7 +1,8 @@
 """The consortium's CA, the SuperLink's TLS certificate and hospitals' node keys.
 
 `init` writes ca.crt/ca.key and server.pem/server.key (SANs for every address
-the hospitals use); `hospital` writes an EC P-384 key pair in OpenSSH format, the
+the hospitals use, and always 127.0.0.1 and localhost: Flower's own ServerApp
+launcher and the operator's `flwr` connect to the SuperLink there); `hospital` writes an EC P-384 key pair in OpenSSH format, the
 form `flower-supernode --auth-supernode-private-key` and `flwr supernode
 register` take. Private keys are created with mode 0600 and never overwritten.
 """
@@ -25,6 +26,7 @@ from common.errors import FedwardError
 
 CURVE = ec.SECP384R1()
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+LOOPBACK_SANS = ("127.0.0.1", "localhost")  # where Flower's SuperExec and `flwr` reach the SuperLink
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def init_ca_and_server(out_dir: Path, server_name: str, sans: list[str], days: i
         .issuer_name(ca_name)
         .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(_san_entries([server_name, *sans])), critical=False)
+        .add_extension(x509.SubjectAlternativeName(_san_entries([server_name, *sans, *LOOPBACK_SANS])), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -114,6 +116,24 @@ def check_tls_files(ca_cert: Path, server_cert: Path | None = None, server_key: 
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature) as err:
         raise FedwardError(f"{server_cert} was not issued by {ca_cert} ({err}); use the consortium CA") from err
+
+
+def check_loopback_san(server_cert: Path) -> None:
+    """The SuperLink's certificate must name 127.0.0.1: Flower's SuperExec launches the
+    ServerApp against the SuperLink's local API at 127.0.0.1 over TLS, and the run stays
+    pending forever ("IP address mismatch") when the certificate does not cover it."""
+    cert = _load_cert(server_cert)
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = x509.SubjectAlternativeName([])
+    if ipaddress.ip_address("127.0.0.1") not in sans.get_values_for_type(x509.IPAddress):
+        raise FedwardError(
+            f"{server_cert} has no SAN for 127.0.0.1, where Flower's ServerApp launcher and the operator's "
+            "`flwr` connect to the SuperLink (a run would stay pending on 'IP address mismatch'); "
+            "issue the certificate again with `fedward certs init` (it adds 127.0.0.1 and localhost), "
+            "or with another tool, add `--san 127.0.0.1`"
+        )
 
 
 def check_node_key(path: Path) -> None:

@@ -13,12 +13,13 @@ import shutil
 from pathlib import Path
 
 from common.errors import FedwardError
-from deploy.certs import cert_paths, check_node_key, check_tls_files
+from deploy.certs import cert_paths, check_loopback_san, check_node_key, check_tls_files
 
 
 def superlink_command(certs: Path, database: Path, host: str, port: int) -> list[str]:
     paths = cert_paths(certs)
     check_tls_files(paths.ca_cert, paths.server_cert, paths.server_key)
+    check_loopback_san(paths.server_cert)
     if not database.parent.is_dir():
         raise FedwardError(f"--database {database}: folder {database.parent} does not exist")
     return [

@@ -26,8 +26,10 @@ def test_server_certificate_has_sans_usage_and_validity(tmp_path: Path):
     paths = init_ca_and_server(tmp_path, "fl.consortium.org", ["10.0.0.5", "superlink"], days=30)
     ca, server = load(paths.ca_cert), load(paths.server_cert)
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sans.get_values_for_type(x509.DNSName) == ["fl.consortium.org", "superlink"]
-    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
+    assert sans.get_values_for_type(x509.DNSName) == ["fl.consortium.org", "superlink", "localhost"]
+    # 127.0.0.1: what Flower's own ServerApp launcher and the operator's `flwr` connect to
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5"),
+                                                        ipaddress.ip_address("127.0.0.1")]
     assert ExtendedKeyUsageOID.SERVER_AUTH in server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     usage = server.extensions.get_extension_for_class(x509.KeyUsage).value
     assert usage.digital_signature and not usage.key_cert_sign
@@ -81,6 +83,24 @@ def test_certificate_from_another_ca_is_refused(tmp_path: Path):
     theirs = init_ca_and_server(tmp_path / "b", "localhost", [])
     with pytest.raises(FedwardError, match="was not issued by"):
         check_tls_files(ours.ca_cert, theirs.server_cert)
+
+
+def test_superlink_refuses_a_certificate_without_the_loopback_san(tmp_path: Path, capsys):
+    """A certificate made before `certs init` added 127.0.0.1 (or by other tools): Flower's
+    ServerApp launcher connects to 127.0.0.1 and dies on "IP address mismatch", and `flwr run`
+    hangs with the run pending. `fedward superlink` refuses it up front, naming the SAN."""
+    paths = init_ca_and_server(tmp_path / "certs", "localhost", [])
+    ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
+    server = load(paths.server_cert)
+    dns_only = (x509.CertificateBuilder().subject_name(server.subject).issuer_name(server.issuer)
+                .public_key(server.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(server.not_valid_before_utc).not_valid_after(server.not_valid_after_utc)
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+                .sign(ca_key, hashes.SHA384()))
+    paths.server_cert.write_bytes(dns_only.public_bytes(serialization.Encoding.PEM))
+    code = main(["superlink", "--certs", str(tmp_path / "certs"), "--database", str(tmp_path / "s.db"), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "server.pem has no SAN for 127.0.0.1" in err and "--san 127.0.0.1" in err, err
 
 
 def test_launchers_name_the_missing_file_before_connecting(tmp_path: Path, capsys):
