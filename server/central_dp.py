@@ -8,6 +8,14 @@ with standard deviation `central-dp-noise` x clip / m is added to the mean:
 clipping and the noise. The guarantee protects a whole hospital's contribution
 to the model; it is reported apart from the hospitals' own sample-level epsilon.
 
+Sensitivity: the neighbouring run replaces one hospital's update with any other
+(replace-one, the neighbourhood of hospital-level DP with a fixed number of
+hospitals). Two clipped updates can differ by up to 2 x clip, so the mean of m
+moves by up to 2 x clip / m, and the noise added is `central-dp-noise` x
+2 x clip / m: the noise multiplier the accountant is given is relative to that
+sensitivity. (Flower's wrapper adds noise multiplier x clip / m, calibrated to
+adding or removing one update, so it is given twice the run's multiplier.)
+
 Accounting: every released round is one Gaussian mechanism with noise multiplier
 z and no sampling amplification (every connected hospital takes part), so the
 epsilon after R rounds is Opacus's RDP accountant fed (z, sample rate 1, R steps).
@@ -27,15 +35,22 @@ from common.config import RunConfig
 WEIGHT_KEY = "central-dp-weight"  # every reply weighs 1: the mean is unweighted
 
 
+REPLACE_ONE = 2.0  # sensitivity of the mean of m clipped updates, in units of clip / m
+SENSITIVITY = "2 x clip / m (replace one hospital's update)"
+
+
 def wrap(strategy: Strategy, config: RunConfig) -> Strategy:
+    """Flower's wrapper adds sd = its multiplier x clip / m; replace-one needs the run's multiplier
+    x 2 clip / m."""
     return DifferentialPrivacyServerSideFixedClipping(
-        strategy, noise_multiplier=config.central_dp_noise, clipping_norm=config.central_dp_clip,
+        strategy, noise_multiplier=REPLACE_ONE * config.central_dp_noise, clipping_norm=config.central_dp_clip,
         num_sampled_clients=config.min_hospitals,
     )
 
 
 def before_aggregation(strategy: Strategy, replies: list[Message], train: bool) -> None:
-    """Train: equal weights, noise scaled to the replies actually averaged this round.
+    """Train: equal weights, noise scaled to the replies actually averaged this round (the
+    sensitivity 2 clip / m is that of the mean the server releases).
     Evaluate: metrics weighted by each hospital's test examples, as without central DP."""
     for reply in replies:
         metrics = next(iter(reply.content.metric_records.values()))
@@ -61,6 +76,8 @@ def card_section(config: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any
         "protects": "each hospital's whole contribution (hospital-level DP)",
         "noise_multiplier": config.central_dp_noise,
         "clipping_norm": config.central_dp_clip,
+        "sensitivity": SENSITIVITY,
+        "noise_sd": f"{config.central_dp_noise:g} x 2 x {config.central_dp_clip:g} / m (m replies averaged)",
         "releases": releases,
         "delta": config.delta,
         "epsilon": central_epsilon(config.central_dp_noise, releases, config.delta),

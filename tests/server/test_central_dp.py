@@ -49,9 +49,12 @@ def test_clipped_noisy_mean_and_its_epsilon(data_dir: Path, tmp_path: Path):
     moved = float(np.linalg.norm(flat(quiet) - flat(initial)))
     assert 0 < moved <= clip * (1 + 1e-4)
 
-    # Noise: what the noisy run adds is Gaussian with sd = noise x clip / hospitals.
+    # Noise: replacing one hospital's clipped update moves the unweighted mean of m of them by up to
+    # 2 clip / m (its old and its new update may point opposite ways), so what the noisy run adds is
+    # Gaussian with sd = noise x 2 clip / m: the noise multiplier the accountant is given, relative to
+    # that sensitivity (with sd = noise x clip / m the reported epsilon would be that of noise / 2).
     added = flat(noisy) - flat(quiet)
-    expected = 2.0 * clip / HOSPITALS
+    expected = 2.0 * 2 * clip / HOSPITALS
     print(f"added noise sd {added.std():.5f}, expected {expected:.5f} over {added.size} weights")
     assert added.std() == pytest.approx(expected, rel=0.15)
     assert abs(added.mean()) < 4 * expected / np.sqrt(added.size)
@@ -63,6 +66,7 @@ def test_clipped_noisy_mean_and_its_epsilon(data_dir: Path, tmp_path: Path):
     section = noisy_card["central_dp"]
     assert section["releases"] == 1
     assert section["epsilon"] == pytest.approx(accountant.get_epsilon(delta=config.delta), rel=1e-9)
+    assert section["sensitivity"] == "2 x clip / m (replace one hospital's update)"
     assert noisy_card["differential_privacy"]["enabled"] is False
     assert not quiet_card["rejected_replies"] and not noisy_card["rejected_replies"]
 
