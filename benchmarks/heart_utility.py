@@ -36,10 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from client.hospital import HospitalData, hospital_data  # noqa: E402
-from common.calibration import prior_corrected  # noqa: E402
+from common.calibration import cross_fitted  # noqa: E402
 from common.config import RunConfig  # noqa: E402
 from common.data import Samples  # noqa: E402
 from common.tasks import get_task, resolve  # noqa: E402
+from common.training import predict_proba, scores_of  # noqa: E402
 from inprocess import federate, pooled_dp  # noqa: E402
 from report import write_section  # noqa: E402
 
@@ -57,8 +58,10 @@ def config_for(seed: int, rounds: int, epsilon: float, strategy: str = "fedavg",
     ))
 
 
-def nodes() -> list[dict[str, str]]:
-    return [{"data-path": str(DATA / f"processed.{site}.data"), "hospital": site} for site in SITES]
+def nodes(seed: int = 0) -> list[dict[str, object]]:
+    """Each hospital's node config: its own 1/3 held-out split, drawn with the seed."""
+    return [{"data-path": str(DATA / f"processed.{site}.data"), "hospital": site, "test-fraction": 1 / 3,
+             "split-seed": seed} for site in SITES]
 
 
 def centralised(train: Samples, tests: list[tuple[HospitalData, Samples]], config: RunConfig, seed: int) -> float:
@@ -69,25 +72,28 @@ def centralised(train: Samples, tests: list[tuple[HospitalData, Samples]], confi
     dp = pooled_dp(config, len(train), epochs)
     task.train(model, train, 2, config.replace(local_epochs=epochs), dp, CPU, seed)
     scores = []
-    for hospital, test in tests:
-        judged = prior_corrected(model, hospital.train, 2, CPU) if config.prior_correction else model
-        scores.append(task.evaluate(judged, test, CPU)["accuracy"])
+    for _, test in tests:
+        if config.prior_correction:  # as a hospital scores it: cross-fitted on its held-out split
+            proba = predict_proba(model, test.x, CPU)
+            scores.append(scores_of(test.y, cross_fitted(proba, test.y, 2))["accuracy"])
+        else:
+            scores.append(task.evaluate(model, test, CPU)["accuracy"])
     return statistics.fmean(scores)
 
 
 def local(config: RunConfig, seed: int) -> float:
-    hospitals = [hospital_data(config, node) for node in nodes()]
+    hospitals = [hospital_data(config, node) for node in nodes(seed)]
     return statistics.fmean(centralised(h.train, [(h, h.test)], config, seed) for h in hospitals)
 
 
 def pooled(config: RunConfig, seed: int) -> float:
-    hospitals = [hospital_data(config, node) for node in nodes()]
+    hospitals = [hospital_data(config, node) for node in nodes(seed)]
     train = Samples(np.concatenate([h.train.x for h in hospitals]), np.concatenate([h.train.y for h in hospitals]))
     return centralised(train, [(h, h.test) for h in hospitals], config, seed)
 
 
 def federated(config: RunConfig) -> float:
-    card = federate(config, nodes()).card
+    card = federate(config, nodes(config.seed)).card
     return statistics.fmean(h["final_test_metrics"]["accuracy"] for h in card["hospitals"].values())
 
 

@@ -6,28 +6,35 @@ A train message whose config carries `fedward-evaluate-first` (fused rounds) is
 first evaluated as received, i.e. the previous round's global model, and those
 scores travel back as a ConfigRecord `evaluation` in the train reply: one message
 per round instead of a train and an evaluate message.
-A bad input raises a FedwardError before anything is trained or sent; Flower turns
-it into an error reply that the server logs with the hospital's node id.
+A bad input raises a FedwardError before anything is trained or sent. No exception
+text leaves the hospital: each handler answers a failure with an error reply that
+holds only the hospital's name, a category and a reference into the hospital's own
+log, where the full detail stays (client/failures.py).
 """
 
 from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.hospital import HospitalData, hospital_data, node_settings
+from client.failures import RunConfigError, failure_reply, failure_text
+from client.hospital import HospitalData, hospital_data, hospital_name, node_settings
 from client.node_privacy import node_privacy
 from client.privacy_state import RunAccount
-from client.secure import is_masked_stage, masked_reply, secagg_when_asked
-from common.calibration import prior_corrected
+from client.secure import SecureRoundRefused, is_masked_stage, masked_reply, secagg_when_asked
+from client.evaluation_limits import EvaluationRefused, allow_evaluation
+from common.calibration import cross_fitted
 from common.config import EVALUATE_FIRST, RunConfig
 from common.device import pick_device
+from common.errors import ConfigError
 from common.ledger import BudgetExceeded, DatasetLine
 from common.serialization import load_arrays, to_arrays
+from common.training import predict_proba, scores_of
 from common.tasks import get_task, resolve
 from common.tasks.base import Task
 
@@ -35,8 +42,20 @@ app = ClientApp()
 
 
 def _setup(content: RecordDict, context: Context) -> tuple[RunConfig, HospitalData]:
-    config = resolve(RunConfig.from_mapping(dict(content["config"])))
+    try:
+        config = resolve(RunConfig.from_mapping(dict(content["config"])))
+    except ConfigError as err:
+        raise RunConfigError(str(err)) from None
     return config, hospital_data(config, node_settings(context.node_config))
+
+
+def _answer(msg: Message, context: Context, handle: Callable[[], Message]) -> Message:
+    """`handle()`'s reply, or on any failure an error reply with no data in it."""
+    try:
+        return handle()
+    except Exception as err:  # noqa: BLE001 - every failure is answered, none is quoted
+        settings = node_settings(context.node_config)
+        return failure_reply(msg, err, hospital_name(settings), settings)
 
 
 def _reply(  # type: ignore[no-untyped-def]
@@ -77,9 +96,16 @@ def train(msg: Message, context: Context) -> Message:
     """Plain rounds answer the server directly. Under secure aggregation Flower's
     SecAgg+ mod runs the key exchange itself and hands only the masked-vectors stage
     here, in the legacy FitIns form; `client.secure` translates it both ways."""
-    if is_masked_stage(msg):
-        return masked_reply(msg, lambda content: _train(content, context, msg.metadata.run_id), context)
-    return Message(content=_train(msg.content, context, msg.metadata.run_id), reply_to=msg)
+    if is_masked_stage(msg):  # Flower's SecAgg+ mod needs a failure raised, to treat it as a dropout
+        try:
+            return masked_reply(msg, lambda content: _train(content, context, msg.metadata.run_id), context)
+        except SecureRoundRefused:
+            raise
+        except Exception as err:  # noqa: BLE001 - re-raised without its text
+            settings = node_settings(context.node_config)
+            raise SecureRoundRefused(failure_text(err, hospital_name(settings), settings)) from None
+    return _answer(msg, context, lambda: Message(content=_train(msg.content, context, msg.metadata.run_id),
+                                                 reply_to=msg))
 
 
 def _train(content: RecordDict, context: Context, flwr_run_id: int) -> RecordDict:
@@ -88,7 +114,7 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int) -> RecordDic
     model = task.build_model(hospital.input_shape, hospital.num_classes, config)
     load_arrays(model, content["arrays"])
     server_round = int(content["config"].get("server-round", 0))
-    evaluation = _evaluate(task, model, config, hospital) if content["config"].get(EVALUATE_FIRST) else None
+    evaluation = _fused_evaluation(task, model, config, hospital, context) if content["config"].get(EVALUATE_FIRST) else None
     account = None
     try:
         account = _account(content, flwr_run_id, context, config, hospital) if config.dp else _no_dp(context)
@@ -109,42 +135,70 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int) -> RecordDic
     seconds = time.perf_counter() - start
     update = to_arrays(model)
     epsilon = account.settle(update) if account else 0.0
+    # No statistic of the training data leaves un-noised: no training loss (it revealed membership
+    # through a crafted model), the planned steps rather than the realised ones (which count empty
+    # Poisson batches), and the time rounded to 0.1 s.
     metrics = {
         "num-examples": outcome.num_examples,
-        "train-loss": outcome.loss,
         "epsilon": epsilon,
         "noise-multiplier": dp.noise_multiplier if dp else 0.0,
-        "steps": outcome.steps,
-        "seconds": seconds,
+        "steps": account.steps_per_round if account else outcome.steps,
+        "seconds": round(seconds, 1),
         "skipped-files": hospital.skipped_files,
     }
     return _reply(hospital, metrics, update, evaluation=evaluation)
 
 
-def _evaluate(task: Task, model: torch.nn.Module, config: RunConfig, hospital: HospitalData) -> dict:
-    """The model's scores on this hospital's test split; the model itself is left as it is."""
+def _evaluate(
+    task: Task, model: torch.nn.Module, config: RunConfig, hospital: HospitalData, context: Context,
+) -> dict:
+    """The model's scores on this hospital's held-out split, within the hospital's evaluation
+    limits (EvaluationRefused otherwise). Only the held-out split is touched: its prior
+    correction is cross-fitted on it (common/calibration.py), never estimated on training data."""
+    allow_evaluation(context, len(hospital.test))
     start = time.perf_counter()
     device = pick_device()
     if task.classifier and config.prior_correction:
-        model = prior_corrected(model, hospital.train, hospital.num_classes, device)
-    scores = task.evaluate(model, hospital.test, device)
-    return {"num-examples": len(hospital.test), **scores, "seconds": time.perf_counter() - start,
+        proba = predict_proba(model, hospital.test.x, device)
+        scores = scores_of(hospital.test.y, cross_fitted(proba, hospital.test.y, hospital.num_classes))
+    else:
+        scores = task.evaluate(model, hospital.test, device)
+    return {"num-examples": len(hospital.test), **scores, "seconds": round(time.perf_counter() - start, 1),
             "skipped-files": hospital.skipped_files}
+
+
+def _fused_evaluation(
+    task: Task, model: torch.nn.Module, config: RunConfig, hospital: HospitalData, context: Context,
+) -> dict | None:
+    """A fused round's scores of the received model, or None where the hospital refuses them
+    (it still trains: a refused evaluation must not cost the round)."""
+    try:
+        return _evaluate(task, model, config, hospital, context)
+    except EvaluationRefused as refusal:
+        print(f"hospital {hospital.name}: {refusal}", flush=True)
+        return None
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    config, hospital = _setup(msg.content, context)
+    return _answer(msg, context, lambda: Message(content=_evaluate_message(msg.content, context), reply_to=msg))
+
+
+def _evaluate_message(content: RecordDict, context: Context) -> RecordDict:
+    config, hospital = _setup(content, context)
     task = get_task(config.task)
     model = task.build_model(hospital.input_shape, hospital.num_classes, config)
-    load_arrays(model, msg.content["arrays"])
-    return Message(content=_reply(hospital, _evaluate(task, model, config, hospital)), reply_to=msg)
+    load_arrays(model, content["arrays"])
+    return _reply(hospital, _evaluate(task, model, config, hospital, context))
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """The shape of this hospital's data, so a server without data can build the model."""
-    config, hospital = _setup(msg.content, context)
-    spec = {"num-examples": len(hospital.train), "num-classes": hospital.num_classes,
-            "input-shape": [int(d) for d in hospital.input_shape]}
-    return Message(content=_reply(hospital, spec), reply_to=msg)
+    def handle() -> Message:
+        config, hospital = _setup(msg.content, context)
+        spec = {"num-examples": len(hospital.train), "num-classes": hospital.num_classes,
+                "input-shape": [int(d) for d in hospital.input_shape]}
+        return Message(content=_reply(hospital, spec), reply_to=msg)
+
+    return _answer(msg, context, handle)

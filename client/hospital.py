@@ -1,8 +1,13 @@
 """Which data this hospital trains on, and its own train / held-out split.
 
 Deployment: the hospital names its data in node config (`data-path`, optionally
-`hospital`). Simulation: the engine sets `partition-id` and `num-partitions`,
-and the run's data set is split with Flower Datasets partitioners.
+`hospital`) and fixes its own held-out split there: `test-fraction` (default
+0.25, at least 0.1) and `split-seed` (default 0). The server's `test-fraction`,
+`seed` and `max-samples` do not reach a real hospital's split, so the server can
+neither shrink the held-out split to a few patients nor walk it through them.
+Simulation: the engine sets `partition-id` and `num-partitions`, the run's data
+set is split with Flower Datasets partitioners, and the run's settings apply
+(the researcher owns the data).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from common.tasks import get_task, load_data
 
 
 SIMULATED_NODE_CONFIG = "FEDWARD_SIM_NODE_CONFIG"
+DEFAULT_TEST_FRACTION = 0.25
+MIN_TEST_FRACTION = 0.1
 
 
 def node_settings(node_config: Mapping[str, object]) -> dict[str, object]:
@@ -53,12 +60,14 @@ class HospitalData:
 def hospital_data(config: RunConfig, node_config: Mapping[str, object]) -> HospitalData:
     if "bad-files" in node_config:  # the hospital's own policy wins over the run's
         config = config.replace(bad_files=str(node_config["bad-files"]))
+    test_fraction, split_seed = config.test_fraction, config.seed
     if "data-path" in node_config:
         path = str(node_config["data-path"])
-        data = load_data(config, path)
+        data = load_data(config.replace(max_samples=0), path)  # all of the hospital's data, always
         samples = data.train
-        name = str(node_config.get("hospital", Path(path).stem))
+        name = hospital_name(node_config)
         fingerprint = fingerprint_path(path)
+        test_fraction, split_seed = held_out_policy(node_config)
     elif "partition-id" in node_config:
         from common.partition import partition_index  # simulation only: `datasets` is heavy
 
@@ -77,12 +86,38 @@ def hospital_data(config: RunConfig, node_config: Mapping[str, object]) -> Hospi
             "this node has no data: start the SuperNode with --node-config "
             "'data-path=\"/path/to/data\"'"
         )
-    train, test = local_split(samples, config.test_fraction, config.seed)
+    train, test = local_split(samples, test_fraction, split_seed)
     if get_task(config.task).standardize:
         train, test = standardize(train, test)
     for reason in data.skipped:  # named here, at the hospital; only the count is sent
         print(f"hospital {name}: skipped {reason}", flush=True)
     return HospitalData(name, train, test, data.num_classes, data.input_shape, fingerprint, len(data.skipped))
+
+
+def hospital_name(node_config: Mapping[str, object]) -> str:
+    """The hospital's name as the server sees it (known before any data is read)."""
+    if "hospital" in node_config:
+        return str(node_config["hospital"])
+    if "data-path" in node_config:
+        return Path(str(node_config["data-path"])).stem
+    if "partition-id" in node_config:
+        return f"hospital-{node_config['partition-id']}"
+    return "unnamed-hospital"
+
+
+def held_out_policy(node_config: Mapping[str, object]) -> tuple[float, int]:
+    """The hospital's own held-out fraction and split seed (node config, never the run)."""
+    try:
+        fraction = float(node_config.get("test-fraction", DEFAULT_TEST_FRACTION))  # type: ignore[arg-type]
+        seed = int(node_config.get("split-seed", 0))  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ConfigError("node config test-fraction must be a number and split-seed an integer") from None
+    if not MIN_TEST_FRACTION <= fraction < 1:
+        raise ConfigError(
+            f"node config test-fraction={fraction:g} must be in [{MIN_TEST_FRACTION}, 1): a smaller held-out "
+            "split would let evaluations single out a few patients"
+        )
+    return fraction, seed
 
 
 def _partition_name(samples: Samples, index: int) -> str:

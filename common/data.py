@@ -7,6 +7,7 @@ import contextvars
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -140,8 +141,15 @@ def bad_items_policy(skip: bool) -> Iterator[list[str]]:
         _BAD_ITEMS.reset(token)
 
 
-def skip_or_raise(error: DataError) -> None:
+def skip_or_raise(error: DataError, item: str = "item", source: str | Path | None = None) -> None:
+    """Skip the bad `item` (a row, image, record) under bad-files=skip, else raise `error`.
+
+    The error's public summary names only the kind of item and the data source's file
+    name: what may leave the hospital (the message itself may quote the row)."""
     skipped = _BAD_ITEMS.get()
     if skipped is None:
+        if not error.public:
+            where = f" of {Path(source).name}" if source is not None else ""
+            error.public = f"1 {item}{where} could not be read (bad-files=stop)"
         raise error
     skipped.append(str(error))

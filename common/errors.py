@@ -10,4 +10,13 @@ class ConfigError(FedwardError):
 
 
 class DataError(FedwardError):
-    """A data path, file or record cannot be used for training."""
+    """A data path, file or record cannot be used for training.
+
+    The message names the file and may quote the bad row: it stays at the hospital.
+    `public` is what may leave it (a category and counts, no values, no paths);
+    empty means only "the data could not be used".
+    """
+
+    def __init__(self, message: str, public: str = "") -> None:
+        super().__init__(message)
+        self.public = public

@@ -131,9 +131,13 @@ def predict_proba(model: nn.Module, x: np.ndarray, device: torch.device) -> np.n
 
 def evaluate_classifier(model: nn.Module, data: Samples, device: torch.device) -> dict[str, float]:
     """Loss (unweighted cross-entropy) and the metrics of common.metrics."""
-    proba = predict_proba(model, data.x, device)
-    if len(data) == 0:
-        return {"loss": math.nan, **classification_metrics(data.y, proba)}
-    picked = proba[np.arange(len(data)), data.y]
+    return scores_of(data.y, predict_proba(model, data.x, device))
+
+
+def scores_of(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Loss (unweighted cross-entropy) and the metrics of common.metrics for given probabilities."""
+    if len(y) == 0:
+        return {"loss": math.nan, **classification_metrics(y, proba)}
+    picked = proba[np.arange(len(y)), y]
     loss = float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
-    return {"loss": loss, **classification_metrics(data.y, proba)}
+    return {"loss": loss, **classification_metrics(y, proba)}

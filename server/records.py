@@ -39,9 +39,10 @@ def _clean(value: Any) -> Any:
 
 
 def row_of(metrics: Any) -> dict[str, Any]:
-    """A MetricRecord's hyphenated keys as metrics.jsonl fields (train-loss -> loss)."""
+    """A MetricRecord's hyphenated keys as metrics.jsonl fields. A train row has no loss:
+    hospitals send no un-noised statistic of their training data."""
     row = {key.replace("-", "_"): value for key, value in metrics.items()}
-    row.setdefault("loss", row.pop("train_loss", None))
+    row.setdefault("loss", None)
     return row
 
 

@@ -10,6 +10,7 @@ scores a fused train reply carries in its `evaluation` record.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,14 +28,21 @@ class Rejection:
 _NAMES: dict[int, str] = {}  # node id -> hospital name, from this process's earlier replies
 
 
+_NAMED_ERROR = re.compile(r"\bhospital ([^:]+?)(?: refused)?: ")  # client/failures.py, client/secure.py
+
+
 def hospital_of(msg: Message) -> str:
-    """The hospital's name: from the reply, else from an earlier reply of the same node."""
+    """The hospital's name: from the reply (an error reply names it first), else from an
+    earlier reply of the same node."""
     node = DESTINATION.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
-    if not msg.has_error():
+    if msg.has_error():
+        named = _NAMED_ERROR.search(msg.error.reason or "")
+        if named:
+            _NAMES.setdefault(node, named.group(1))
+    else:
         record = msg.content.config_records.get("hospital")
         if record is not None and "name" in record:
             _NAMES[node] = str(record["name"])
-            return _NAMES[node]
     return _NAMES.get(node, f"node-{node}")
 
 

@@ -109,7 +109,7 @@ def read_image_folder(root: Path, config: RunConfig) -> tuple[Samples, list[str]
             images.append(read_image(f, config.image_size, channels))
             labels.append(label)
         except DataError as err:
-            skip_or_raise(err)  # bad-files=skip: left out and counted
+            skip_or_raise(err, "image", root)  # bad-files=skip: left out and counted
     if not images:
         raise DataError(f"{root}: none of the {len(files)} image files could be read")
     return Samples(np.stack(images), np.asarray(labels, dtype=np.int64)), classes
@@ -138,7 +138,7 @@ def _channels(files: list[tuple[Path, int]]) -> int:
             with Image.open(path) as image:
                 return 3 if image.mode in ("RGB", "RGBA", "P") else 1
         except (OSError, UnidentifiedImageError) as err:
-            skip_or_raise(DataError(f"{path}: not a readable image ({err}); remove or replace it"))
+            skip_or_raise(DataError(f"{path}: not a readable image ({err}); remove or replace it"), "image")
     return 1
 
 

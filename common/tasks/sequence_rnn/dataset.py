@@ -49,7 +49,7 @@ def load_sequences(path: str, config: RunConfig) -> TaskData:
             parts.append(read_record(p / r))
             kept.append(r)
         except DataError as err:
-            skip_or_raise(err)  # bad-files=skip: the record is left out and counted
+            skip_or_raise(err, "WFDB record", p)  # bad-files=skip: the record is left out and counted
     if not parts:
         raise DataError(f"{path}: none of the {len(records)} WFDB records could be read")
     records = kept

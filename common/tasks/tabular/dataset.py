@@ -74,7 +74,7 @@ def read_heart_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             skip_or_raise(DataError(
                 f"{path}, line {number}: {len(cells)} columns, expected {len(HEART_COLUMNS)} "
                 f"({', '.join(HEART_COLUMNS)})"
-            ))
+            ), "row", path)
             continue
         wanted = [cells[i] for i in keep] + [cells[-1]]
         if "?" in wanted:
@@ -82,7 +82,7 @@ def read_heart_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         try:
             values = [float(c) for c in wanted]
         except ValueError:
-            skip_or_raise(DataError(f"{path}, line {number}: a cell is not a number ({line.strip()[:60]!r})"))
+            skip_or_raise(DataError(f"{path}, line {number}: a cell is not a number ({line.strip()[:60]!r})"), "row", path)
             continue
         rows.append(values[:-1])
         labels.append(int(values[-1] > 0))
@@ -121,7 +121,7 @@ def read_csv_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | Non
                     skip_or_raise(DataError(
                         f"{path}, line {number}: a cell is empty or not a number; "
                         "clean the file or drop the row (or set bad-files=skip)"
-                    ))
+                    ), "row", path)
                     continue
                 rows.append(values)
                 labels.append(label)
