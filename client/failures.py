@@ -23,7 +23,7 @@ from pathlib import Path
 
 from flwr.app import Error, Message
 
-from common.errors import ConfigError, DataError, FedwardError
+from common.errors import ConfigError, DataError, FedwardError, ModelMismatch
 
 INCIDENT_LOG = "incident-log"
 FAILURE_CODE = 0  # Flower's ErrorCode.UNKNOWN: the reason string says the rest
@@ -45,8 +45,10 @@ def public_summary(err: BaseException) -> str:
         return f"bad-data: {err.public or 'the hospital data could not be used'}"
     if isinstance(err, RunConfigError):
         return f"run-config: {err}"  # only the server's own settings and values
+    if isinstance(err, ModelMismatch):
+        return f"model-mismatch: {err}"  # only layer names and shapes of the server's own model
     if isinstance(err, ConfigError):
-        return "hospital-config: this hospital's settings do not allow the run as configured"
+        return "hospital-config: this hospital's node settings are incomplete or refuse the run as configured"
     return f"internal: {type(err).__name__}"
 
 

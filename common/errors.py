@@ -20,3 +20,8 @@ class DataError(FedwardError):
     def __init__(self, message: str, public: str = "") -> None:
         super().__init__(message)
         self.public = public
+
+
+class ModelMismatch(FedwardError):
+    """Received weights do not fit the task's model. The text names only layer keys and shapes,
+    which the sender already knows, so a hospital may send it back as is."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from flwr.app import ArrayRecord
 
-from common.errors import FedwardError
+from common.errors import ModelMismatch
 
 _OPACUS_PREFIX = "_module."
 # Secure rounds send weights as a legacy FitIns (a list, no names): this run-config entry
@@ -31,7 +31,7 @@ def load_arrays(module: torch.nn.Module, arrays: ArrayRecord) -> None:
         k for k in set(expected) & set(incoming) if expected[k].shape != incoming[k].shape
     )
     if missing or unexpected or wrong:
-        raise FedwardError(
+        raise ModelMismatch(
             "the received weights do not fit this task's model "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]}); "
             "server and hospital must run the same fedward version and task settings"

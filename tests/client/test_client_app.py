@@ -10,7 +10,6 @@ from opacus.accountants import RDPAccountant
 
 from client.app import app
 from common.config import EVALUATE_FIRST, RunConfig
-from common.errors import FedwardError
 from common.tasks import get_task
 from common.training import batches_per_epoch
 
@@ -67,16 +66,16 @@ def test_evaluate_reports_metrics_on_held_out_data(data_dir: Path):
 def test_hospital_without_data_path_gets_a_clear_refusal():
     context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
     config = RunConfig()
-    with pytest.raises(FedwardError, match="this node has no data"):
-        app(message("train", initial(config, (30,), 2), config, 1), context)
+    reply = app(message("train", initial(config, (30,), 2), config, 1), context)
+    assert reply.has_error() and "hospital-config" in reply.error.reason
 
 
 def test_weights_for_another_model_are_refused_before_training(data_dir: Path):
     config = RunConfig(data_path=str(data_dir / "heart_disease_uci"))
     context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 4},
                       state=RecordDict(), run_config={})
-    with pytest.raises(FedwardError, match="do not fit this task's model"):
-        app(message("train", initial(config, (13,), 2), config, 1), context)
+    reply = app(message("train", initial(config, (13,), 2), config, 1), context)
+    assert reply.has_error() and "do not fit this task's model" in reply.error.reason
     assert not context.state.config_records, "nothing was trained or recorded"
 
 

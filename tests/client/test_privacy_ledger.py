@@ -1,6 +1,7 @@
 """The hospital's privacy ledger seen through the ClientApp, as Flower calls it."""
 
 import time
+import re
 from pathlib import Path
 
 import pytest
@@ -112,18 +113,20 @@ def test_the_server_cannot_set_or_bypass_a_hospitals_budget(tmp_path: Path):
     ({"delta": 0.01}, "delta=0.01 is not below 1/n"),
     ({"delta": "small"}, "delta='small' must be a number"),
 ])
-def test_bad_privacy_settings_stop_before_training(tmp_path: Path, settings, message):
+def test_bad_privacy_settings_stop_before_training(tmp_path: Path, settings, message, capfd):
     ledger = tmp_path / "ledger.sqlite"
     config = RunConfig(num_server_rounds=1)
-    with pytest.raises(ConfigError, match=message):
-        app(train_message(initial(config, SHAPE, 2), config, 1, "run"), hospital(ledger, **settings))
+    reply = app(train_message(initial(config, SHAPE, 2), config, 1, "run"), hospital(ledger, **settings))
+    assert reply.has_error() and "hospital-config" in reply.error.reason  # the server learns only that
+    assert re.search(message, capfd.readouterr().err), "the hospital's log says what to fix"
     assert not ledger.exists() or not PrivacyLedger(ledger).datasets(), "nothing was recorded"
 
 
-def test_a_ledger_file_that_is_not_a_ledger_stops_training(tmp_path: Path):
+def test_a_ledger_file_that_is_not_a_ledger_stops_training(tmp_path: Path, capfd):
     bogus = tmp_path / "ledger.sqlite"
     bogus.write_bytes(b"\x00not sqlite" * 50)
     config = RunConfig(num_server_rounds=1)
-    with pytest.raises(FedwardError, match=f"privacy-ledger={bogus} is not a fedward privacy ledger"):
-        app(train_message(initial(config, SHAPE, 2), config, 1, "run"), hospital(bogus))
+    reply = app(train_message(initial(config, SHAPE, 2), config, 1, "run"), hospital(bogus))
+    assert reply.has_error() and str(bogus) not in reply.error.reason
+    assert f"privacy-ledger={bogus} is not a fedward privacy ledger" in capfd.readouterr().err
     assert bogus.read_bytes().startswith(b"\x00not sqlite")
