@@ -11,16 +11,24 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     """Metrics from true labels and predicted class probabilities (N, C).
 
-    AUROC is NaN where it is undefined (a held-out set with a single class).
+    Balanced accuracy (mean recall over the classes present) and AUROC lead: on
+    label-skewed data plain accuracy flatters a model that always answers the common
+    class, so `majority-baseline` (the accuracy of always answering these labels' most
+    common class) stands beside it. AUROC is NaN where it is undefined (a held-out
+    set with a single class).
     """
     if len(y_true) == 0:
-        return {"accuracy": math.nan, "auroc": math.nan, "macro-f1": math.nan}
+        return {"balanced-accuracy": math.nan, "auroc": math.nan, "accuracy": math.nan,
+                "majority-baseline": math.nan, "macro-f1": math.nan}
     num_classes = proba.shape[1]
     pred = proba.argmax(axis=1)
     labels = list(range(num_classes))
     return {
-        "accuracy": float((pred == y_true).mean()),
+        "balanced-accuracy": float(recall_score(y_true, pred, labels=np.unique(y_true), average="macro",
+                                                zero_division=0)),
         "auroc": auroc(y_true, proba),
+        "accuracy": float((pred == y_true).mean()),
+        "majority-baseline": float(np.bincount(y_true).max() / len(y_true)),
         "macro-f1": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
     }
 

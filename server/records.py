@@ -25,7 +25,8 @@ from torch.utils.tensorboard import SummaryWriter
 from server.screening import Rejection, hospital_of
 
 FIELDS = (
-    "loss", "accuracy", "auroc", "macro_f1", "epsilon", "noise_multiplier", "steps",
+    "loss", "balanced_accuracy", "auroc", "accuracy", "majority_baseline", "macro_f1", "epsilon",
+    "noise_multiplier", "steps",
     "num_examples", "seconds", "skipped_files",
 )
 # Strategy attributes that carry state between rounds (FedOpt's moments and weights).
@@ -92,16 +93,17 @@ class RunRecorder:
         self.rows.append(row)
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        for f in ("loss", "accuracy", "auroc", "epsilon"):
+        for f in ("loss", "balanced_accuracy", "auroc", "accuracy", "epsilon"):
             if isinstance(row[f], int | float):
                 self.tensorboard.add_scalar(f"{split}/{f}/{hospital}", row[f], server_round)
         self._print(row)
 
     def _print(self, row: dict[str, Any]) -> None:
         parts = [f"round {row['round']}/{self.num_rounds}", f"{row['hospital']:<14}", f"{row['split']:<8}"]
-        for f in ("loss", "accuracy", "auroc", "epsilon"):
+        for f, label in (("loss", "loss"), ("balanced_accuracy", "bal.acc"), ("auroc", "auroc"),
+                         ("accuracy", "accuracy"), ("majority_baseline", "majority"), ("epsilon", "epsilon")):
             if isinstance(row[f], int | float):
-                parts.append(f"{f} {row[f]:.3f}")
+                parts.append(f"{label} {row[f]:.3f}")
         if row["num_examples"] is not None:
             parts.append(f"n={int(row['num_examples'])}")
         print(" | ".join(parts), flush=True)

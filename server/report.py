@@ -19,6 +19,9 @@ from server import central_dp  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CODE_DIRS = ("common", "server", "client")
+# What every summary leads with: balanced accuracy and AUROC, then accuracy beside the
+# accuracy of always answering the most common class.
+HEADLINE = ("balanced_accuracy", "auroc", "accuracy", "majority_baseline", "macro_f1", "loss")
 
 
 def code_hash() -> str:
@@ -67,7 +70,7 @@ def model_card(
                 {"round": r["round"], "reason": r["reason"]} for r in rejections
                 if r["hospital"] == name and r["reason"].startswith("refused")
             ],
-            "final_test_metrics": evaluation and {k: evaluation[k] for k in ("loss", "accuracy", "auroc", "macro_f1")},
+            "final_test_metrics": evaluation and {k: evaluation.get(k) for k in HEADLINE},
         }
     final = {split: _last(rows, who, split) for who, split in (("all", "evaluate"), ("server", "central"))}
     return {
@@ -110,12 +113,12 @@ def write_model_card(out_dir: Path, card: dict[str, Any]) -> Path:
 
 
 def write_report_png(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
-    """Test accuracy per hospital and overall, and epsilon spent per hospital, by round."""
+    """Balanced test accuracy per hospital and overall, and epsilon spent per hospital, by round."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for hospital in sorted({r["hospital"] for r in rows}):
-        points = [(r["round"], r["accuracy"]) for r in rows
+        points = [(r["round"], r["balanced_accuracy"]) for r in rows
                   if r["hospital"] == hospital and r["split"] in ("evaluate", "central")
-                  and r["accuracy"] is not None]
+                  and r.get("balanced_accuracy") is not None]
         if points:
             style = "-o" if hospital in ("all", "server") else "--"
             left.plot(*zip(*points, strict=True), style, label=hospital)
@@ -123,7 +126,7 @@ def write_report_png(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
                  if r["hospital"] == hospital and r["split"] == "train" and r["epsilon"] is not None]
         if spent and hospital != "all":
             right.plot(*zip(*spent, strict=True), "-o", label=hospital)
-    left.set(title="Test accuracy", xlabel="round", ylabel="accuracy")
+    left.set(title="Balanced test accuracy", xlabel="round", ylabel="balanced accuracy")
     right.set(title="Epsilon spent (cumulative)", xlabel="round", ylabel="epsilon")
     for axis in (left, right):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -44,6 +44,7 @@ def test_heart_disease_natural_split_beats_majority_at_every_hospital(data_dir: 
                       "--epsilon", "3", "--out", str(out), *(["--secure-aggregation"] if dp else ["--no-dp"]))
     log = result.stdout + result.stderr
     assert log.count("Secure aggregation completed") == (3 if dp else 0)
+    assert "federated (hospitals' held-out splits): balanced accuracy" in result.stdout, "the summary leads with it"
     card = assert_run_directory(out, rounds=3)
     assert set(card["hospitals"]) == {"cleveland", "hungarian", "switzerland", "va"}
     config = RunConfig(data_path=str(heart), partition="natural")
@@ -51,7 +52,9 @@ def test_heart_disease_natural_split_beats_majority_at_every_hospital(data_dir: 
     for index in range(4):
         hospital = hospital_data(config, {"partition-id": index, "num-partitions": 4})
         baseline = majority_baseline(hospital.train.y, hospital.test.y)
-        accuracy = card["hospitals"][hospital.name]["final_test_metrics"]["accuracy"]
+        scores = card["hospitals"][hospital.name]["final_test_metrics"]
+        accuracy = scores["accuracy"]
+        assert scores["majority_baseline"] == pytest.approx(np.bincount(hospital.test.y).max() / len(hospital.test))
         # Switzerland's 12 held-out patients all have the disease: 1.0 can only be matched.
         assert accuracy >= baseline, (hospital.name, accuracy, baseline)
         gains.append(accuracy - baseline)
