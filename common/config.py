@@ -86,7 +86,10 @@ class RunConfig:
     image_size: int = 28
     max_samples: int = 0
     test_fraction: float = 0.25
-    class_weighting: bool = True
+    class_weighting: bool = True  # without DP only: under DP every record's loss weighs 1
+    # Where the data names each sample's patient, DP protects patients: a step samples patients and
+    # each sampled patient contributes at most this many of its samples (its gradient is their mean).
+    records_per_patient: int = 16
     prior_correction: bool = True
     min_hospitals: int = 2
     round_timeout: float = 600.0
@@ -103,6 +106,7 @@ class RunConfig:
     # round's model), one evaluate-only message after the last round. false: a train and an evaluate
     # message every round (Flower's flow). Secure-aggregation rounds always use separate messages.
     fused_rounds: bool = True
+    init_weights: str = ""  # a state dict (.pt/.pth/.npz) the global model starts from; "" = random init
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -155,6 +159,7 @@ class RunConfig:
         _positive("num-server-rounds", self.num_server_rounds)
         _positive("local-epochs", self.local_epochs)
         _positive("batch-size", self.batch_size)
+        _positive("records-per-patient", self.records_per_patient)
         if self.lr < 0:
             raise ConfigError(f"lr={self.lr} must be > 0 (or 0 for the task's default)")
         _positive("server-lr", self.server_lr)

@@ -30,6 +30,7 @@ from common.serialization import load_arrays, to_arrays
 from common.tasks import get_task, load_data
 from server import central_dp
 from server.exchange import send_and_receive
+from server.init_weights import apply_init_weights, read_init_weights
 from server.operating_point import operating_point
 from server.records import RunRecorder, row_of, save_checkpoint, save_final_model
 from server.run_state import restore_strategy, start
@@ -40,12 +41,16 @@ from server.strategies import build_strategy, weighted_nanmean
 
 
 def run_federation(grid: Grid, config: RunConfig) -> Path:
+    init = read_init_weights(config.init_weights) if config.init_weights else None  # before anything is sent
     state = start(config)  # a new run directory, or the last checkpoint of a killed run
     config, out_dir = state.config, Path(state.config.out_dir)
     task = get_task(config.task)
     data, input_shape, num_classes = _data_spec(grid, config)
     torch.manual_seed(config.seed)
     model = task.build_model(input_shape, num_classes, config)
+    if init is not None:
+        apply_init_weights(model, init)
+        print(f"global model starts from {init.path} (sha256 {init.sha256})", flush=True)
     arrays = state.arrays if state.arrays is not None else to_arrays(model)
     strategy = build_strategy(config)
     restore_strategy(strategy, state.strategy_state)
@@ -84,6 +89,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
                   f"accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, specificity "
                   f"{t['specificity']:.3f}", flush=True)
     card = model_card(config, recorder.rows, recorder.rejections, extra, data.source if data else config.data_path)
+    card["init_weights"] = init.card() if init is not None else None
     write_model_card(out_dir, card)
     if card["central_dp"]["enabled"]:
         c = card["central_dp"]
