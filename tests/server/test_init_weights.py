@@ -36,7 +36,6 @@ def test_a_mismatched_or_corrupt_checkpoint_is_refused_naming_keys_before_anythi
 
 @pytest.mark.slow
 def test_a_matching_checkpoint_is_where_the_run_starts_and_the_card_records_it(tmp_path: Path):
-
     model = get_task("tabular").build_model((30,), 2, RunConfig())
     state = {k: torch.full_like(v, 0.25) for k, v in model.state_dict().items()}
     np.savez(tmp_path / "start.npz", **{k: v.numpy() for k, v in state.items()})
