@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
-from common.data import Samples, local_split, standardize
+from common.data import Samples, local_split
 from common.errors import ConfigError
 from common.fingerprint import fingerprint_path, fingerprint_text
-from common.tasks import get_task, load_data
+from common.tasks import load_data
 
 
 SIMULATED_NODE_CONFIG = "FEDWARD_SIM_NODE_CONFIG"
@@ -87,8 +87,6 @@ def hospital_data(config: RunConfig, node_config: Mapping[str, object]) -> Hospi
             "'data-path=\"/path/to/data\"'"
         )
     train, test = local_split(samples, test_fraction, split_seed)
-    if get_task(config.task).standardize:
-        train, test = standardize(train, test)
     for reason in data.skipped:  # named here, at the hospital; only the count is sent
         print(f"hospital {name}: skipped {reason}", flush=True)
     return HospitalData(name, train, test, data.num_classes, data.input_shape, fingerprint, len(data.skipped))

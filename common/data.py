@@ -17,22 +17,31 @@ from common.errors import DataError
 
 @dataclass(frozen=True)
 class Samples:
-    """Inputs, integer labels and (optionally) the natural site of each sample."""
+    """Inputs, integer labels, and (optionally) each sample's natural site and its patient.
+
+    `groups` is what `partition=natural` splits by (a hospital, or in MIT-BIH a record);
+    `patients` says whose sample it is, where the data carries patient ids: then DP-SGD
+    protects each patient's whole contribution (common/training.py), not each sample.
+    """
 
     x: np.ndarray  # float32, (N, ...)
     y: np.ndarray  # int64, (N,)
-    groups: np.ndarray | None = None  # str, (N,): hospital or patient id
+    groups: np.ndarray | None = None  # str, (N,): the natural site (partition=natural)
+    patients: np.ndarray | None = None  # str, (N,): the patient each sample belongs to
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise DataError(f"{len(self.x)} inputs but {len(self.y)} labels")
+        if self.patients is not None and len(self.patients) != len(self.y):
+            raise DataError(f"{len(self.y)} samples but {len(self.patients)} patient ids")
 
     def __len__(self) -> int:
         return len(self.y)
 
     def take(self, index: np.ndarray) -> Samples:
         groups = None if self.groups is None else self.groups[index]
-        return Samples(self.x[index], self.y[index], groups)
+        patients = None if self.patients is None else self.patients[index]
+        return Samples(self.x[index], self.y[index], groups, patients)
 
 
 @dataclass(frozen=True)
@@ -108,17 +117,6 @@ def _split_cached(
     a.setflags(write=False)  # shared by every caller
     b.setflags(write=False)
     return a, b
-
-
-def standardize(train: Samples, test: Samples) -> tuple[Samples, Samples]:
-    """Scale features with the train split's own mean and spread (tabular data)."""
-    mean = train.x.mean(axis=0)
-    std = np.maximum(train.x.std(axis=0), 1e-6)
-
-    def scale(s: Samples) -> Samples:
-        return Samples(((s.x - mean) / std).astype(np.float32), s.y, s.groups)
-
-    return scale(train), scale(test)
 
 
 # ------------------------------------------------------------ bad items policy

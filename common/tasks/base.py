@@ -30,8 +30,8 @@ class Task:
     `load` reads a data path (naming the bad file on failure), `build_model` makes
     the Opacus-ready model for an input shape and class count, `train` runs one
     hospital's local round, `evaluate` gives loss and metrics on held-out samples.
-    `standardize` asks the hospital to standardise features with its own train
-    statistics (tabular data); nothing about them leaves the hospital.
+    A task's reader scales features record by record with public constants (never
+    with statistics of the data, which would couple records under DP).
     `finish` runs on the server after the last round (e.g. the GAN's samples and
     train-on-synthetic score). When the run sets lr=0, `default_lr` applies, or
     `default_dp_lr` under DP: clipped, noisy gradients want a larger step.
@@ -42,7 +42,6 @@ class Task:
     build_model: ModelFactory
     train: Trainer = fit_classifier
     evaluate: Evaluator = evaluate_classifier
-    standardize: bool = False
     finish: Finisher | None = None
     default_lr: float = 0.01
     default_dp_lr: float = 0.1

@@ -4,10 +4,17 @@ Images become float32 (N, C, H, W) in [0, 1]. An ImageFolder tree has one
 sub-folder per class (sorted names give the class numbers); if it has `train/`
 and `test/` sub-folders, `test/` is the central test split. DICOM files (`.dcm`)
 may sit in the class folders beside or instead of PNG/JPEG files.
+
+Patients: where every file of a folder names its patient, DP protects each patient's
+images together (common/training.py). DICOM files carry a PatientID; the chest X-ray
+collection of Kermany et al. names them in the file name (`person12_virus_34.jpeg`:
+patient person12; `IM-0115-0001.jpeg` and `NORMAL2-IM-0115-0001.jpeg`: image 1 of
+IM-0115 / NORMAL2-IM-0115). Otherwise (MedMNIST, other names) the unit is the image.
 """
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -19,6 +26,7 @@ from common.data import Samples, TaskData, check_labels, skip_or_raise
 from common.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+KERMANY_PATIENT = re.compile(r"^(person\d+)_|^((?:NORMAL2-)?IM-\d+)-\d+$")
 DICOM_SUFFIXES = (".dcm",)
 
 
@@ -103,16 +111,33 @@ def read_image_folder(root: Path, config: RunConfig) -> tuple[Samples, list[str]
         raise DataError(f"{root}: the class folders hold no PNG, JPEG or DICOM files")
     files = _subsample_files(files, config.max_samples, config.seed)
     channels = _channels(files)
-    images, labels = [], []
+    images, labels, patients = [], [], []
     for f, label in files:
         try:
             images.append(read_image(f, config.image_size, channels))
             labels.append(label)
+            patients.append(patient_of(f))
         except DataError as err:
             skip_or_raise(err, "image", root)  # bad-files=skip: left out and counted
     if not images:
         raise DataError(f"{root}: none of the {len(files)} image files could be read")
-    return Samples(np.stack(images), np.asarray(labels, dtype=np.int64)), classes
+    named = None if any(p is None for p in patients) else np.asarray(patients, dtype=object)
+    return Samples(np.stack(images), np.asarray(labels, dtype=np.int64), patients=named), classes
+
+
+def patient_of(path: Path) -> str | None:
+    """The patient a file's image belongs to, where the file says so (else None)."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        import pydicom
+
+        try:
+            patient = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+                          .get("PatientID", "")).strip()
+        except Exception:  # unreadable headers were reported when the pixels were read
+            return None
+        return f"dicom:{patient}" if patient else None
+    match = KERMANY_PATIENT.match(path.stem)
+    return None if match is None else match.group(1) or match.group(2)
 
 
 def _subsample_files(files: list[tuple[Path, int]], max_samples: int, seed: int) -> list[tuple[Path, int]]:

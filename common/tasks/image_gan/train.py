@@ -1,9 +1,14 @@
 """GAN rounds: DP-SGD on the discriminator only; the generator never sees data.
 
-Each step sums the discriminator's real and fake losses before one backward pass
-(Opacus then clips one per-sample gradient per real image). During the generator
-step the discriminator's per-sample gradients are switched off; the generator learns only from
-the DP discriminator, which is post-processing.
+The discriminator's loss is the mean over real images plus the mean over generated
+ones. Its real part is private: each privacy unit's (record's, or patient's) per-sample
+gradient is clipped, summed, noised and divided by the expected batch size, exactly as
+for a classifier (common/training.py). Its generated part touches no private data: a
+fixed number (`batch-size`) of generated images, whose plain gradient is added to the
+noised one before the optimiser's step. So the clipped sum holds real images only, and
+one unit moves it by at most C; the generated images' count does not follow the real
+batch's (Poisson) size. The generator's step uses `batch-size` generated images too and
+learns only from the DP discriminator (post-processing).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from common.data import Samples
 from common.metrics import auroc
 from common.privacy import DPState, end_private, make_private, plain_gradients
 from common.tasks.image_gan.model import LATENT, ConditionalGAN
-from common.training import TrainOutcome, make_loader
+from common.training import (
+    PrivateBatches, TrainOutcome, make_loader, no_units, per_unit_gradients, record_loss_sum_over,
+)
 
 
 def train_gan(
@@ -30,49 +37,74 @@ def train_gan(
 ) -> TrainOutcome:
     assert isinstance(model, ConditionalGAN)
     torch.manual_seed(round_seed)
+    fakes = torch.Generator(device=device).manual_seed(round_seed)  # generated images: not tied to the data
     model.to(device).train()
     gen, disc = model.generator, model.discriminator
     opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr, betas=(0.5, 0.999))
-    loader = make_loader(data, config.batch_size, round_seed)
-    critic: nn.Module = disc
-    if dp is not None:
-        critic, opt_d, loader, engine = make_private(disc, opt_d, loader, dp, "layers")
-    total, seen, steps = 0.0, 0, 0
+    size = config.batch_size
+    if dp is None:
+        steps, total, seen = 0, 0.0, 0
+        for _ in range(config.local_epochs):
+            for x, y in make_loader(data, config.batch_size, round_seed):
+                x, y = x.to(device) * 2 - 1, y.to(device)
+                opt_d.zero_grad(set_to_none=True)
+                real = F.binary_cross_entropy_with_logits(disc(x, y), torch.ones(len(y), device=device))
+                (real + _fake_loss(gen, disc, size, num_classes, device, fakes)).backward()
+                opt_d.step()
+                _generator_step(gen, disc, opt_g, size, num_classes, device, fakes, private=False)
+                total, seen, steps = total + float(real.detach()) * len(y), seen + len(y), steps + 1
+        return TrainOutcome(num_examples=len(data), loss=total / max(seen, 1), steps=steps)
+
+    batches = PrivateBatches(data, config, round_seed)
+    critic, opt_d, loader, engine = make_private(disc, opt_d, batches.loader(config.batch_size), dp, "layers")
+    params = opt_d.params  # type: ignore[attr-defined]
+    total, seen = 0.0, 0
     for _ in range(config.local_epochs):
-        for x, y in loader:
-            if len(y) == 0:
-                continue
-            x, y = x.to(device) * 2 - 1, y.to(device)
-            n = len(y)
-            fake_y = torch.randint(num_classes, (n,), device=device)
-            fake = gen(torch.randn(n, LATENT, device=device), fake_y)
+        for (units,) in loader:
             opt_d.zero_grad(set_to_none=True)
-            loss_d = F.binary_cross_entropy_with_logits(critic(x, y), torch.ones(n, device=device))
-            loss_d = loss_d + F.binary_cross_entropy_with_logits(
-                critic(fake.detach(), fake_y), torch.zeros(n, device=device)
-            )
-            loss_d.backward()
-            opt_d.step()
-            _generator_step(gen, critic, opt_g, n, num_classes, device, dp is not None)
-            total += float(loss_d.detach()) * n
-            seen += n
-            steps += 1
-    if dp is not None:
-        end_private(critic)
-        dp.history = [tuple(h) for h in engine.accountant.history]
-    return TrainOutcome(num_examples=len(data), loss=total / max(seen, 1), steps=steps)
+            with plain_gradients(critic):  # generated images: a plain gradient, outside the clipped sum
+                fake_loss = _fake_loss(gen, critic, size, num_classes, device, fakes)
+                fake_grads = torch.autograd.grad(fake_loss, params)
+            if len(units) == 0:
+                no_units(params)
+            else:
+                x, y, owner = (t.to(device) for t in batches.records(units))
+                losses = F.binary_cross_entropy_with_logits(
+                    critic(x * 2 - 1, y), torch.ones(len(y), device=device), reduction="none")
+                record_loss_sum_over(losses).backward()
+                per_unit_gradients(params, owner, len(units))
+                total, seen = total + float(losses.detach().sum()), seen + len(y)
+            if opt_d.pre_step():  # type: ignore[attr-defined]  # clip, sum, noise, / expected batch size
+                for p, g in zip(params, fake_grads, strict=True):
+                    p.grad = p.grad + g
+                opt_d.original_optimizer.step()  # type: ignore[attr-defined]
+            _generator_step(gen, critic, opt_g, size, num_classes, device, fakes, private=True)
+    end_private(critic)
+    dp.history = [tuple(h) for h in engine.accountant.history]
+    return TrainOutcome(num_examples=len(data), loss=total / max(seen, 1), steps=batches.plan.steps_per_round)
+
+
+def _generated(gen: nn.Module, size: int, num_classes: int, device: torch.device,
+               fakes: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = torch.randint(num_classes, (size,), device=device, generator=fakes)
+    return gen(torch.randn(size, LATENT, device=device, generator=fakes), labels), labels
+
+
+def _fake_loss(gen: nn.Module, critic: nn.Module, size: int, num_classes: int, device: torch.device,
+               fakes: torch.Generator) -> torch.Tensor:
+    images, labels = _generated(gen, size, num_classes, device, fakes)
+    return F.binary_cross_entropy_with_logits(critic(images.detach(), labels), torch.zeros(size, device=device))
 
 
 def _generator_step(
-    gen: nn.Module, critic: nn.Module, opt_g: torch.optim.Optimizer, n: int,
-    num_classes: int, device: torch.device, private: bool,
+    gen: nn.Module, critic: nn.Module, opt_g: torch.optim.Optimizer, size: int,
+    num_classes: int, device: torch.device, fakes: torch.Generator, private: bool,
 ) -> None:
     with plain_gradients(critic) if private else nullcontext():
         opt_g.zero_grad(set_to_none=True)
-        labels = torch.randint(num_classes, (n,), device=device)
-        logits = critic(gen(torch.randn(n, LATENT, device=device), labels), labels)
-        F.binary_cross_entropy_with_logits(logits, torch.ones(n, device=device)).backward()
+        images, labels = _generated(gen, size, num_classes, device, fakes)
+        F.binary_cross_entropy_with_logits(critic(images, labels), torch.ones(size, device=device)).backward()
         opt_g.step()
 
 

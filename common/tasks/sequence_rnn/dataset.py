@@ -2,10 +2,12 @@
 
 A WFDB folder is read with `wfdb`: lead 0 of every record, one window around each
 annotated R peak, labelled with the 5 AAMI classes, with the beat's RR intervals
-(relative to the patient's mean) as three more channels. The natural site of a beat is
-its record (patient), so `partition=natural` splits hospitals by patient.
+(relative to the patient's mean) as three more channels. Each MIT-BIH record is one
+patient: a beat's natural site and its patient are its record, so `partition=natural`
+splits hospitals by patient and DP protects each patient's beats together.
 A .npz file holds `x` (N, T) beats, `y` labels and optionally `groups` (each
-beat's patient or site) and a central test split `x_test`, `y_test` (e.g. the
+beat's site, for partition=natural), `patients` (each beat's patient: DP is then per
+patient, else per beat) and a central test split `x_test`, `y_test` (e.g. the
 inter-patient DS2 records), which only the server's evaluation reads.
 """
 
@@ -56,7 +58,7 @@ def load_sequences(path: str, config: RunConfig) -> TaskData:
     x = np.concatenate([b for b, _ in parts])
     y = np.concatenate([lab for _, lab in parts])
     groups = np.concatenate([np.full(len(lab), r, dtype=object) for r, (_, lab) in zip(records, parts, strict=True)])
-    return TaskData(Samples(x, y, groups), None, len(AAMI_CLASSES), path)
+    return TaskData(Samples(x, y, groups, patients=groups), None, len(AAMI_CLASSES), path)
 
 
 def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +117,8 @@ def _load_npz(path: Path) -> TaskData:
                 raise DataError(f"{path}: a sequence .npz needs arrays 'x' and 'y'")
             if ("x_test" in npz.files) != ("y_test" in npz.files):
                 raise DataError(f"{path}: a central test split needs both 'x_test' and 'y_test'")
-            train = _beats(path, npz["x"], npz["y"], npz["groups"] if "groups" in npz.files else None)
+            train = _beats(path, npz["x"], npz["y"], npz["groups"] if "groups" in npz.files else None,
+                           patients=npz["patients"] if "patients" in npz.files else None)
             test = _beats(path, npz["x_test"], npz["y_test"], None, "_test") if "x_test" in npz.files else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from err
@@ -128,10 +131,14 @@ def _load_npz(path: Path) -> TaskData:
     return TaskData(train, test, num_classes, str(path))
 
 
-def _beats(path: Path, x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, suffix: str = "") -> Samples:
+def _beats(path: Path, x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, suffix: str = "",
+           patients: np.ndarray | None = None) -> Samples:
     x, y = x.astype(np.float32), y.reshape(-1).astype(np.int64)
     if x.ndim == 2:
         x = x[..., None]
     if x.ndim != 3:
         raise DataError(f"{path}: 'x{suffix}' has shape {x.shape}, expected (N, T) or (N, T, features)")
-    return Samples(x, y, groups.astype(str).astype(object) if groups is not None else None)
+    if patients is not None and len(patients) != len(y):
+        raise DataError(f"{path}: 'patients' has {len(patients)} entries but 'y' has {len(y)}; one per beat")
+    return Samples(x, y, groups.astype(str).astype(object) if groups is not None else None,
+                   patients.astype(str).astype(object) if patients is not None else None)

@@ -5,7 +5,7 @@ from common.tasks.tabular.dataset import load_tabular
 from common.tasks.tabular.model import build_tabular_model
 
 TASK = Task(
-    name="tabular", load=load_tabular, build_model=build_tabular_model, standardize=True,
+    name="tabular", load=load_tabular, build_model=build_tabular_model,
     default_lr=0.1,
     default_dp_lr=0.1,
 )

@@ -3,6 +3,10 @@
 Heart disease is cleaned as FLamby's Fed-Heart-Disease does: the mostly-missing
 columns slope, ca and thal are dropped, then rows with any missing value; the
 label is `num > 0`. Each `processed.<site>.data` file is one natural hospital.
+Each row of these tables is one patient, so the privacy unit is the row; a CSV may
+name each row's patient in a `patient` column, and DP then protects each patient's
+rows together. Features are scaled row by row with public constants
+(common/tasks/tabular/scaling.py), never with statistics of the data.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 from common.config import RunConfig
 from common.data import Samples, TaskData, check_labels, skip_or_raise
 from common.errors import DataError
+from common.tasks.tabular.scaling import heart_scale, published_ranges, range_scale, signed_log
 
 BUILTIN_BREAST_CANCER = "builtin:breast-cancer"
 HEART_COLUMNS = (
@@ -22,6 +27,7 @@ HEART_COLUMNS = (
     "oldpeak", "slope", "ca", "thal", "num",
 )
 HEART_DROPPED = ("slope", "ca", "thal")
+HEART_KEPT = tuple(c for c in HEART_COLUMNS[:-1] if c not in HEART_DROPPED)
 HEART_GLOB = "processed.*.data"
 
 
@@ -40,17 +46,17 @@ def load_tabular(path: str, config: RunConfig) -> TaskData:
             )
         parts = [read_heart_file(f) for f in files]
         return _table(
-            np.concatenate([x for x, _, _ in parts]),
+            heart_scale(np.concatenate([x for x, _, _ in parts]), HEART_KEPT),
             np.concatenate([y for _, y, _ in parts]),
             np.concatenate([g for _, _, g in parts]),
             path,
         )
     if p.suffix == ".csv":
-        x, y, groups = read_csv_table(p)
-        return _table(x, y, groups, path)
+        x, y, groups, patients = read_csv_table(p)
+        return _table(signed_log(x), y, groups, path, patients)
     if p.name.startswith("processed.") and p.suffix == ".data":
         x, y, groups = read_heart_file(p)
-        return _table(x, y, groups, path)
+        return _table(heart_scale(x, HEART_KEPT), y, groups, path)
     raise DataError(
         f"{path}: not a table fedward reads; pass a .csv with a 'label' column, a "
         f"heart-disease {HEART_GLOB} file, or a folder of them"
@@ -96,8 +102,9 @@ def read_heart_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def read_csv_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A CSV with a header, a 'label' column (0..C-1), an optional 'hospital' column."""
+def read_csv_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A CSV with a header, a 'label' column (0..C-1), optional 'hospital' and 'patient' columns;
+    raw values (features, labels, sites, patients)."""
     try:
         with path.open(newline="") as handle:
             reader = csv.DictReader(handle)
@@ -107,10 +114,10 @@ def read_csv_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | Non
                     f"{path}: no 'label' column (columns: {', '.join(header) or 'none'}); "
                     "add a 'label' column of class numbers 0..C-1"
                 )
-            features = [c for c in header if c not in ("label", "hospital")]
+            features = [c for c in header if c not in ("label", "hospital", "patient")]
             if not features:
                 raise DataError(f"{path}: no feature columns besides 'label'")
-            rows, labels, groups = [], [], []
+            rows, labels, groups, patients = [], [], [], []
             for number, row in enumerate(reader, start=2):
                 try:
                     values = [float(row[c]) for c in features]
@@ -126,27 +133,31 @@ def read_csv_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | Non
                 rows.append(values)
                 labels.append(label)
                 groups.append(row.get("hospital"))
+                patients.append(row.get("patient"))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{path}: cannot read this CSV ({err})") from err
     if not rows:
         raise DataError(f"{path}: the table has a header but no rows")
     group_array = np.asarray(groups, dtype=object) if "hospital" in header else None
-    return np.asarray(rows, dtype=np.float32), np.asarray(labels, dtype=np.int64), group_array
+    patient_array = np.asarray(patients, dtype=object) if "patient" in header else None
+    return np.asarray(rows, dtype=np.float32), np.asarray(labels, dtype=np.int64), group_array, patient_array
 
 
 def _breast_cancer() -> TaskData:
     from sklearn.datasets import load_breast_cancer
 
     bunch = load_breast_cancer()
+    low, high = published_ranges(bunch.DESCR, bunch.data.shape[1])
     return _table(
-        bunch.data.astype(np.float32), bunch.target.astype(np.int64), None,
+        range_scale(bunch.data, low, high), bunch.target.astype(np.int64), None,
         BUILTIN_BREAST_CANCER,
     )
 
 
-def _table(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, source: str) -> TaskData:
+def _table(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, source: str,
+           patients: np.ndarray | None = None) -> TaskData:
     if not np.isfinite(x).all():
         raise DataError(f"{source}: the table holds NaN or infinite values")
     num_classes = max(2, int(y.max()) + 1)
     check_labels(y, num_classes, source)
-    return TaskData(Samples(x, y, groups), None, num_classes, source)
+    return TaskData(Samples(x, y, groups, patients), None, num_classes, source)
