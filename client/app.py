@@ -15,16 +15,16 @@ log, where the full detail stays (client/failures.py).
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Callable
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.benefit import final_benefit
 from client.failures import RunConfigError, failure_reply, failure_text
 from client.hospital import HospitalData, hospital_data, hospital_name, node_settings
-from client.node_privacy import node_privacy
+from client.node_privacy import NodePrivacy, node_privacy
 from client.privacy_state import RunAccount
 from client.secure import SecureRoundRefused, is_masked_stage, masked_reply, secagg_when_asked
 from client.evaluation_limits import EvaluationRefused, allow_evaluation
@@ -66,28 +66,33 @@ def _reply(  # type: ignore[no-untyped-def]
         content["arrays"] = arrays
     if evaluation is not None:  # a ConfigRecord: the strategies want exactly one MetricRecord per reply
         content["evaluation"] = ConfigRecord(evaluation)
-    if refusal:
-        reason, _, detail = refusal.partition(": ")
-        content["refusal"] = ConfigRecord({"reason": reason, "detail": detail})
+    if refusal:  # the reason alone ("budget"): epsilon spent and budget stay in the hospital's log
+        content["refusal"] = ConfigRecord({"reason": refusal.partition(": ")[0]})
     return content
 
 
 def _account(
     content: RecordDict, flwr_run_id: int, context: Context, config: RunConfig, hospital: HospitalData,
+    privacy: NodePrivacy,
 ) -> RunAccount:
-    """The run's DP account: the hospital's ledger line, or the node's context without one."""
-    privacy = node_privacy(node_settings(context.node_config))
+    """The run's DP account: the hospital's ledger line (the data source it names, not the file's
+    content), or the node's context without a ledger. The run is known by Flower's run id (the
+    message's metadata) and fedward's (kept across a resume); the ledger links both."""
     delta = privacy.delta_for(len(hospital.train), config.delta)
-    line = DatasetLine(hospital.fingerprint, hospital.name, privacy.budget, delta)
+    line = DatasetLine(privacy.dataset_name or hospital.name, hospital.fingerprint, privacy.budget, delta)
     run_id = str(content["config"].get("fedward-run-id", f"flwr-{flwr_run_id}"))
-    return RunAccount(context, config, privacy, line, run_id, len(hospital.train))
+    account = RunAccount(context, config, privacy, line, run_id, len(hospital.train), str(flwr_run_id))
+    if account.first_round:
+        print(privacy.announcement(hospital.name), flush=True)
+    return account
 
 
-def _no_dp(context: Context) -> None:
-    """A run without DP; a hospital that keeps a privacy ledger refuses it before training."""
-    if node_privacy(node_settings(context.node_config)).requires_dp:
+def _no_dp(privacy: NodePrivacy) -> None:
+    """A run without DP: refused unless the hospital's own node config allows it."""
+    if privacy.requires_dp:
         raise BudgetExceeded(
-            "dp-required: this hospital keeps a privacy ledger and trains only with DP; the run has dp=false"
+            "dp-required: this hospital trains only with DP (node config allow-no-dp=true permits dp=false); "
+            "the run has dp=false"
         )
 
 
@@ -98,7 +103,8 @@ def train(msg: Message, context: Context) -> Message:
     here, in the legacy FitIns form; `client.secure` translates it both ways."""
     if is_masked_stage(msg):  # Flower's SecAgg+ mod needs a failure raised, to treat it as a dropout
         try:
-            return masked_reply(msg, lambda content: _train(content, context, msg.metadata.run_id), context)
+            return masked_reply(msg, lambda content: _train(content, context, msg.metadata.run_id, masked=True),
+                                context)
         except SecureRoundRefused:
             raise
         except Exception as err:  # noqa: BLE001 - re-raised without its text
@@ -108,23 +114,33 @@ def train(msg: Message, context: Context) -> Message:
                                                  reply_to=msg))
 
 
-def _train(content: RecordDict, context: Context, flwr_run_id: int) -> RecordDict:
+def _train(content: RecordDict, context: Context, flwr_run_id: int, masked: bool = False) -> RecordDict:
     config, hospital = _setup(content, context)
     task = get_task(config.task)
     model = task.build_model(hospital.input_shape, hospital.num_classes, config)
     load_arrays(model, content["arrays"])
     server_round = int(content["config"].get("server-round", 0))
     evaluation = _fused_evaluation(task, model, config, hospital, context) if content["config"].get(EVALUATE_FIRST) else None
-    account = None
+    account, sent, dp = None, None, None
+    privacy = node_privacy(node_settings(context.node_config))
     try:
-        account = _account(content, flwr_run_id, context, config, hospital) if config.dp else _no_dp(context)
-        dp = account.reserve(server_round) if account else None
+        if privacy.require_secure_aggregation and not masked:
+            raise BudgetExceeded("secure-aggregation-required: node config require-secure-aggregation=true; "
+                                 "the server sent a plain train message")
+        account = _account(content, flwr_run_id, context, config, hospital, privacy) if config.dp else _no_dp(privacy)
+        sent = account.replay(server_round) if account and not masked else None
+        dp = account.reserve(server_round) if account and sent is None else None
     except BudgetExceeded as refusal:
         if account:
             account.close()
         print(f"hospital {hospital.name} refused round {server_round}: {refusal}", flush=True)
         return _reply(hospital, {"num-examples": 0}, refusal=str(refusal), evaluation=evaluation)
-    seed = config.seed * 100_003 + server_round * 1_009 + zlib.crc32(hospital.name.encode()) % 997
+    if account and sent is not None:  # a resumed round: what was sent, again; no training, no charge
+        account.close()
+        print(f"hospital {hospital.name}: round {server_round} of run {account.run_id} was sent before; "
+              "sending the same update again, uncharged", flush=True)
+        return _reply(hospital, sent.metrics, sent.arrays, evaluation=evaluation)
+    seed = privacy.training_seed(config, server_round, hospital.name)  # secret under DP
     start = time.perf_counter()
     try:
         outcome = task.train(model, hospital.train, hospital.num_classes, config, dp, pick_device(), seed)
@@ -134,7 +150,7 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int) -> RecordDic
         raise
     seconds = time.perf_counter() - start
     update = to_arrays(model)
-    epsilon = account.settle(update) if account else 0.0
+    epsilon = account.epsilon_after() if account else 0.0
     # No statistic of the training data leaves un-noised: no training loss (it revealed membership
     # through a crafted model), the planned steps rather than the realised ones (which count empty
     # Poisson batches), and the time rounded to 0.1 s.
@@ -146,6 +162,8 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int) -> RecordDic
         "seconds": round(seconds, 1),
         "skipped-files": hospital.skipped_files,
     }
+    if account:
+        account.settle(update, metrics, masked)  # kept for a replay, digest in the ledger, before it leaves
     return _reply(hospital, metrics, update, evaluation=evaluation)
 
 
@@ -189,7 +207,13 @@ def _evaluate_message(content: RecordDict, context: Context) -> RecordDict:
     task = get_task(config.task)
     model = task.build_model(hospital.input_shape, hospital.num_classes, config)
     load_arrays(model, content["arrays"])
-    return _reply(hospital, _evaluate(task, model, config, hospital, context))
+    # After the last round, benefit-report=true: local-only and personalised models, kept here (client/benefit.py)
+    shared = final_benefit(content["config"], node_settings(context.node_config), task, model, config, hospital,
+                           pick_device())
+    reply = _reply(hospital, _evaluate(task, model, config, hospital, context))  # limits apply to a shared one too
+    if shared is not None:  # share-benefit=true: the scores, no model; a ConfigRecord beside the one MetricRecord
+        reply["benefit"] = ConfigRecord(shared)
+    return reply
 
 
 @app.query()

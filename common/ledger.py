@@ -1,14 +1,26 @@
 """A hospital's privacy ledger: every DP training round it ever released, in SQLite.
 
-One ledger file can hold several datasets (one budget line each, keyed by a
-content fingerprint). A round is *reserved* before training: in one IMMEDIATE
-transaction the ledger recomputes the dataset's cumulative epsilon from its full
-history with Opacus's RDP accountant, refuses the round if it would pass the
-budget, and otherwise inserts it; the commit is fsync'd (synchronous=FULL)
-before any update leaves. A reservation is only ever removed when the update it
-was made for turned out to be bit-identical to one already released for the
-same run and round (a resumed round replays it at no cost), so the ledger never
-shows less spent than was sent.
+One ledger file can hold several budget lines, one per data source the hospital
+names (node config `dataset-name`, by default the hospital's name). The content
+of the data does not name the line: a file that changes (a row edited, rows
+added or reordered) is a new *version* of the same line, recorded with its
+fingerprint for the audit trail, and the epsilon already spent carries over.
+
+A round is *reserved* before training: in one IMMEDIATE transaction the ledger
+recomputes the line's cumulative epsilon from its full history with Opacus's
+RDP accountant, refuses the round if it would pass the budget or the per-run
+cap, and otherwise inserts it; the commit is fsync'd (synchronous=FULL) before
+any update leaves. A reservation is never removed: a round trained and not sent
+stays counted (the ledger over-counts, never under). `settle` attaches the
+digest of the update that was sent.
+
+A *run*, for the per-run cap, is what the hospital can tell apart itself: the
+charges linked to this one by Flower's run id (from the message metadata) or
+by fedward's run id (from the run config, kept across a resume), transitively;
+and, where a cap window is set, every charge of the line made within the window,
+whatever the server calls its runs. Schema version 2; a version-1 ledger (lines
+keyed by a content fingerprint) is migrated in place on first open: its lines
+with the same name become versions of one line.
 """
 
 from __future__ import annotations
@@ -24,20 +36,47 @@ from common.errors import FedwardError
 from common.privacy import History, epsilon_spent
 
 SCHEMA = "fedward-privacy-ledger"
-VERSION = 1
+VERSION = 2
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS datasets (
-    fingerprint TEXT PRIMARY KEY, label TEXT NOT NULL,
-    budget REAL NOT NULL, delta REAL NOT NULL, updated REAL NOT NULL);
+    name TEXT PRIMARY KEY, budget REAL NOT NULL, delta REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT NOT NULL REFERENCES datasets(name), fingerprint TEXT NOT NULL,
+    first_used REAL NOT NULL, last_used REAL NOT NULL, PRIMARY KEY (name, fingerprint));
 CREATE TABLE IF NOT EXISTS charges (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    fingerprint TEXT NOT NULL REFERENCES datasets(fingerprint),
-    run_id TEXT NOT NULL, round INTEGER NOT NULL,
+    dataset TEXT NOT NULL REFERENCES datasets(name), fingerprint TEXT NOT NULL,
+    run_id TEXT NOT NULL, flwr_run_id TEXT, round INTEGER NOT NULL,
     noise REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL,
     update_digest TEXT, created REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS charges_by_run ON charges (fingerprint, run_id, round);
+CREATE INDEX IF NOT EXISTS charges_by_run ON charges (dataset, run_id, round);
 """
+# Version 1 -> 2: lines keyed by name (version 1's label); each old fingerprint a version.
+_MIGRATE_V1 = """
+ALTER TABLE datasets RENAME TO datasets_v1;
+ALTER TABLE charges RENAME TO charges_v1;
+DROP INDEX IF EXISTS charges_by_run;
+{tables}
+INSERT INTO datasets (name, budget, delta, updated)
+    SELECT label, budget, delta, updated FROM datasets_v1 AS d
+    WHERE updated = (SELECT MAX(updated) FROM datasets_v1 WHERE label = d.label)
+    GROUP BY label;
+INSERT INTO versions (name, fingerprint, first_used, last_used)
+    SELECT d.label, d.fingerprint,
+           COALESCE((SELECT MIN(created) FROM charges_v1 WHERE fingerprint = d.fingerprint), d.updated),
+           COALESCE((SELECT MAX(created) FROM charges_v1 WHERE fingerprint = d.fingerprint), d.updated)
+    FROM datasets_v1 AS d;
+INSERT INTO charges (id, dataset, fingerprint, run_id, flwr_run_id, round, noise, sample_rate, steps,
+                     update_digest, created)
+    SELECT c.id, d.label, c.fingerprint, c.run_id, NULL, c.round, c.noise, c.sample_rate, c.steps,
+           c.update_digest, c.created
+    FROM charges_v1 AS c JOIN datasets_v1 AS d ON d.fingerprint = c.fingerprint;
+DROP TABLE charges_v1;
+DROP TABLE datasets_v1;
+UPDATE meta SET value = '2' WHERE key = 'version'
+"""
+_CHARGE_COLUMNS = "id, dataset, fingerprint, run_id, flwr_run_id, round, noise, sample_rate, steps, update_digest, created"
 
 
 class LedgerError(FedwardError):
@@ -45,27 +84,52 @@ class LedgerError(FedwardError):
 
 
 class BudgetExceeded(LedgerError):
-    """A round would take a dataset's cumulative epsilon past its budget."""
+    """A round would take a line's cumulative epsilon past its budget, or a run past its cap."""
 
 
 @dataclass(frozen=True)
 class Charge:
     id: int
+    dataset: str
     fingerprint: str
     run_id: str
+    flwr_run_id: str | None
     round: int
     noise: float
     sample_rate: float
     steps: int
     update_digest: str | None
+    created: float
 
 
 @dataclass(frozen=True)
 class DatasetLine:
+    """One budget line. `name` is its key; `fingerprint` the data version in use (reading: the latest)."""
+
+    name: str
     fingerprint: str
-    label: str
     budget: float
     delta: float
+
+
+@dataclass(frozen=True)
+class Version:
+    fingerprint: str
+    first_used: float
+    last_used: float
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """What one reservation may not pass besides the budget.
+
+    `cap` binds the run (linked charges) together with every charge within
+    `window_s` seconds; `target` (the run's own epsilon) binds the run alone.
+    """
+
+    cap: float | None = None
+    window_s: float | None = None
+    target: float | None = None
 
 
 class PrivacyLedger:
@@ -127,17 +191,23 @@ class PrivacyLedger:
                     f"privacy-ledger={self.path} is an SQLite file of another program "
                     f"(tables: {', '.join(sorted(tables))}); give a new file or the hospital's ledger"
                 )
-            for statement in filter(str.strip, _TABLES.split(";")):
-                self._db.execute(statement)
-            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-            if not meta:
-                self._db.execute("INSERT INTO meta VALUES ('schema', ?), ('version', ?)", (SCHEMA, str(VERSION)))
-            elif meta.get("schema") != SCHEMA:
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall()) if tables else {}
+            if meta and meta.get("schema") != SCHEMA:
                 raise LedgerError(f"privacy-ledger={self.path} is not a fedward privacy ledger")
-            elif int(meta.get("version", "0")) > VERSION:
+            version = int(meta.get("version", str(VERSION)))
+            if version > VERSION:
                 raise LedgerError(
                     f"privacy-ledger={self.path} was written by a newer fedward (version {meta['version']}); upgrade fedward"
                 )
+            if version == 1:
+                self._run_script(_MIGRATE_V1.format(tables=_TABLES))
+            self._run_script(_TABLES)
+            if not meta:
+                self._db.execute("INSERT INTO meta VALUES ('schema', ?), ('version', ?)", (SCHEMA, str(VERSION)))
+
+    def _run_script(self, script: str) -> None:
+        for statement in filter(str.strip, script.split(";")):
+            self._db.execute(statement)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -152,73 +222,120 @@ class PrivacyLedger:
 
     # --------------------------------------------------------------- reading
     def datasets(self) -> list[DatasetLine]:
-        rows = self._db.execute("SELECT fingerprint, label, budget, delta FROM datasets ORDER BY label").fetchall()
+        """Every line, with the fingerprint of its latest version."""
+        rows = self._db.execute(
+            "SELECT d.name, COALESCE((SELECT fingerprint FROM versions v WHERE v.name = d.name "
+            "ORDER BY last_used DESC LIMIT 1), ''), d.budget, d.delta FROM datasets d ORDER BY d.name"
+        ).fetchall()
         return [DatasetLine(*row) for row in rows]
 
-    def charges(self, fingerprint: str, run_id: str | None = None) -> list[Charge]:
-        query = "SELECT id, fingerprint, run_id, round, noise, sample_rate, steps, update_digest FROM charges WHERE fingerprint = ?"
-        args: tuple[str, ...] = (fingerprint,)
+    def versions(self, name: str) -> list[Version]:
+        rows = self._db.execute(
+            "SELECT fingerprint, first_used, last_used FROM versions WHERE name = ? ORDER BY first_used, fingerprint",
+            (name,),
+        )
+        return [Version(*row) for row in rows]
+
+    def _line_name(self, key: str) -> str:
+        """A line's name from its name or from the fingerprint of one of its versions."""
+        if self._db.execute("SELECT 1 FROM datasets WHERE name = ?", (key,)).fetchone():
+            return key
+        row = self._db.execute("SELECT name FROM versions WHERE fingerprint = ? LIMIT 1", (key,)).fetchone()
+        return str(row[0]) if row else key
+
+    def charges(self, line: str, run_id: str | None = None) -> list[Charge]:
+        """The charges of a line (named, or by a version's fingerprint), optionally of one fedward run id."""
+        query = f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE dataset = ?"
+        args: tuple[str, ...] = (self._line_name(line),)
         if run_id is not None:
             query += " AND run_id = ?"
             args += (run_id,)
         return [Charge(*row) for row in self._db.execute(query + " ORDER BY id", args)]
 
-    def spent(self, fingerprint: str, delta: float) -> float:
-        return epsilon_spent(history_of(self.charges(fingerprint)), delta)
+    def run_charges(self, line: str, run_id: str, flwr_run_id: str | None) -> list[Charge]:
+        """The charges of this run: linked by fedward's or Flower's run id, transitively."""
+        charges = self.charges(line)
+        runs, flwr_runs = {run_id}, ({flwr_run_id} if flwr_run_id is not None else set())
+        linked: set[int] = set()
+        grown = True
+        while grown:
+            grown = False
+            for c in charges:
+                if c.id not in linked and (c.run_id in runs or (c.flwr_run_id is not None and c.flwr_run_id in flwr_runs)):
+                    linked.add(c.id)
+                    runs.add(c.run_id)
+                    if c.flwr_run_id is not None:
+                        flwr_runs.add(c.flwr_run_id)
+                    grown = True
+        return [c for c in charges if c.id in linked]
+
+    def spent(self, line: str, delta: float) -> float:
+        return epsilon_spent(history_of(self.charges(line)), delta)
 
     # --------------------------------------------------------------- writing
     def reserve(
         self, line: DatasetLine, run_id: str, server_round: int,
         noise: float, sample_rate: float, steps: int, run_cap: float | None = None,
+        flwr_run_id: str | None = None, limits: RunLimits | None = None,
     ) -> Charge:
-        """Record one round before training; BudgetExceeded if it would pass a budget."""
+        """Record one round before training; BudgetExceeded if it would pass a budget or cap.
+
+        `run_cap` alone is `RunLimits(cap=run_cap)` (no window)."""
+        limits = limits or RunLimits(cap=run_cap)
+        now = time.time()
         with self._transaction():
             self._db.execute(
-                "INSERT INTO datasets VALUES (?, ?, ?, ?, ?) ON CONFLICT(fingerprint) DO UPDATE "
-                "SET label=excluded.label, budget=excluded.budget, delta=excluded.delta, updated=excluded.updated",
-                (line.fingerprint, line.label, line.budget, line.delta, time.time()),
+                "INSERT INTO datasets VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE "
+                "SET budget=excluded.budget, delta=excluded.delta, updated=excluded.updated",
+                (line.name, line.budget, line.delta, now),
+            )
+            self._db.execute(
+                "INSERT INTO versions VALUES (?, ?, ?, ?) ON CONFLICT(name, fingerprint) DO UPDATE "
+                "SET last_used=excluded.last_used",
+                (line.name, line.fingerprint, now, now),
             )
             step = (noise, sample_rate, steps)
-            past = self.charges(line.fingerprint)
+            past = self.charges(line.name)
             after = epsilon_spent([*history_of(past), step], line.delta)
             if after > line.budget:
                 spent = epsilon_spent(history_of(past), line.delta)
                 raise BudgetExceeded(
-                    f"budget: round {server_round} of run {run_id} would take dataset {line.label!r} "
+                    f"budget: round {server_round} of run {run_id} would take dataset {line.name!r} "
                     f"to epsilon {after:.3f} (spent {spent:.3f}, budget {line.budget:g}, delta {line.delta:g})"
                 )
-            if run_cap is not None:
-                run_after = epsilon_spent([*history_of([c for c in past if c.run_id == run_id]), step], line.delta)
-                if run_after > run_cap:
+            run = self.run_charges(line.name, run_id, flwr_run_id)
+            if limits.target is not None:
+                run_after = epsilon_spent([*history_of(run), step], line.delta)
+                if run_after > limits.target * (1 + 1e-9):
                     raise BudgetExceeded(
-                        f"budget: round {server_round} would take run {run_id} on dataset {line.label!r} "
-                        f"to epsilon {run_after:.3f}, past this hospital's per-run cap {run_cap:g}"
+                        f"budget: round {server_round} would take run {run_id} on dataset {line.name!r} "
+                        f"to epsilon {run_after:.3f}, past the run's own target {limits.target:g}"
+                    )
+            if limits.cap is not None:
+                ids = {c.id for c in run}
+                if limits.window_s:
+                    ids |= {c.id for c in past if c.created >= now - limits.window_s}
+                capped = [c for c in past if c.id in ids]
+                run_after = epsilon_spent([*history_of(capped), step], line.delta)
+                if run_after > limits.cap:
+                    window = f" and the last {limits.window_s / 3600:g} h" if limits.window_s else ""
+                    raise BudgetExceeded(
+                        f"budget: round {server_round} would take run {run_id}{window} on dataset {line.name!r} "
+                        f"to epsilon {run_after:.3f}, past this hospital's per-run cap {limits.cap:g}"
                     )
             cursor = self._db.execute(
-                "INSERT INTO charges (fingerprint, run_id, round, noise, sample_rate, steps, update_digest, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
-                (line.fingerprint, run_id, server_round, noise, sample_rate, steps, time.time()),
+                "INSERT INTO charges (dataset, fingerprint, run_id, flwr_run_id, round, noise, sample_rate, steps, "
+                "update_digest, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                (line.name, line.fingerprint, run_id, flwr_run_id, server_round, noise, sample_rate, steps, now),
             )
             charge_id = int(cursor.lastrowid or 0)
-        return Charge(charge_id, line.fingerprint, run_id, server_round, noise, sample_rate, steps, None)
+        return Charge(charge_id, line.name, line.fingerprint, run_id, flwr_run_id, server_round,
+                      noise, sample_rate, steps, None, now)
 
-    def settle(self, charge: Charge, update_digest: str) -> bool:
-        """Attach the digest of the update about to be sent.
-
-        If an earlier charge of the same run and round already released this very
-        update (a resumed round replayed bit for bit), the new reservation is
-        removed and False is returned: sending it again reveals nothing new.
-        """
+    def settle(self, charge: Charge, update_digest: str) -> None:
+        """Attach the digest of the update about to be sent (the audit trail of what left)."""
         with self._transaction():
-            twin = self._db.execute(
-                "SELECT id FROM charges WHERE fingerprint = ? AND run_id = ? AND round = ? AND update_digest = ? AND id != ?",
-                (charge.fingerprint, charge.run_id, charge.round, update_digest, charge.id),
-            ).fetchone()
-            if twin is not None:
-                self._db.execute("DELETE FROM charges WHERE id = ?", (charge.id,))
-                return False
             self._db.execute("UPDATE charges SET update_digest = ? WHERE id = ?", (update_digest, charge.id))
-            return True
 
     def integrity_ok(self) -> bool:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

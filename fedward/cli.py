@@ -87,10 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--data", required=True, type=Path, help="this hospital's data path")
     node.add_argument("--hospital", required=True, help="this hospital's name in reports")
     node.add_argument("--port", type=int, default=9094, help="local port of the node's runtime API")
-    node.add_argument("--ledger", type=Path, help="this hospital's privacy ledger (SQLite, created if missing)")
-    node.add_argument("--epsilon-budget", type=float, help="cumulative epsilon this dataset may ever spend")
+    node.add_argument("--ledger", type=Path, help="this hospital's privacy ledger (SQLite, created if missing; "
+                      "default $FEDWARD_HOME/privacy-ledger.sqlite, FEDWARD_HOME defaulting to ~/.fedward)")
+    node.add_argument("--dataset-name", help="the budget line this data belongs to (default: --hospital); "
+                      "a changed file stays on the same line")
+    node.add_argument("--epsilon-budget", type=float, help="cumulative epsilon this dataset may ever spend (default 10)")
     node.add_argument("--delta", type=float, help="this hospital's delta (default 1e-5)")
-    node.add_argument("--run-epsilon-cap", type=float, help="most epsilon any one run may spend")
+    node.add_argument("--run-epsilon-cap", type=float,
+                      help="most epsilon one run, and all runs within run-cap-window-hours (default 24), may spend "
+                           "(default 3); a run asking for more is refused")
+    node.add_argument("--allow-no-dp", action="store_true", help="accept runs with dp=false (default: refuse them)")
+    node.add_argument("--require-secure-aggregation", action="store_true",
+                      help="train only inside SecAgg+: refuse plain train messages")
     node.add_argument("--node-config", default="", help="more node config, e.g. 'skip-bad-files=true'")
     node.add_argument("--max-retries", type=int, help="give up after this many failed connection attempts")
     node.add_argument("--cold", action="store_true",
@@ -194,7 +202,9 @@ def simulated_node_config(config: RunConfig, text: str) -> dict[str, object]:
     """What every virtual hospital gets as node config; kept in the run directory for --resume.
 
     With DP each virtual hospital keeps its privacy ledger in RUN_DIR/ledgers/ unless
-    --node-config names another.
+    --node-config names another; its DP noise repeats with --seed (reproducible-noise=true,
+    --node-config 'reproducible-noise=false' for secret noise as at a real hospital); with
+    --no-dp its node config allows it (allow-no-dp=true).
     """
     from flwr.common.config import parse_config_args
 
@@ -211,6 +221,11 @@ def simulated_node_config(config: RunConfig, text: str) -> dict[str, object]:
     if config.dp and "privacy-ledger" not in values:
         (out_dir / "ledgers").mkdir(parents=True, exist_ok=True)
         values["privacy-ledger"] = str(out_dir / "ledgers" / "privacy-ledger.sqlite")
+    # A simulation is the researcher's own: its noise may repeat from --seed (a real hospital's
+    # is secret; a SuperNode refuses reproducible-noise), and --no-dp is its own choice.
+    values.setdefault("reproducible-noise", True)
+    if not config.dp:
+        values.setdefault("allow-no-dp", True)
     node_privacy(values)
     out_dir.mkdir(parents=True, exist_ok=True)
     kept.write_text(json.dumps(values, indent=2) + "\n")
@@ -232,17 +247,34 @@ def certs(args: argparse.Namespace) -> int:
 
 
 def privacy_node_config(args: argparse.Namespace) -> str:
-    """The hospital's privacy flags as node config, checked (and the ledger opened) now."""
-    from client.node_privacy import node_privacy
+    """The hospital's privacy flags as node config, checked (and the ledger opened) now.
+
+    DP is on unless the hospital allows otherwise, and a ledger is always kept: without
+    --ledger it is the default one, named explicitly in the node config so the ClientApp
+    uses that file whatever its environment. What applies is printed, defaults marked."""
+    from flwr.common.config import parse_config_args
+
+    from client.node_privacy import default_ledger, node_privacy
     from common.ledger import PrivacyLedger
 
-    values = {"privacy-ledger": args.ledger and str(args.ledger.resolve()), "epsilon-budget": args.epsilon_budget,
-              "delta": args.delta, "run-epsilon-cap": args.run_epsilon_cap}
+    values: dict[str, object] = {
+        "privacy-ledger": args.ledger and str(args.ledger.resolve()), "dataset-name": args.dataset_name,
+        "epsilon-budget": args.epsilon_budget, "delta": args.delta, "run-epsilon-cap": args.run_epsilon_cap,
+        "allow-no-dp": args.allow_no_dp or None, "require-secure-aggregation": args.require_secure_aggregation or None}
     values = {k: v for k, v in values.items() if v is not None}
-    privacy = node_privacy(values)
-    if privacy.ledger:
-        PrivacyLedger(privacy.ledger).close()
-    return "".join(f'{k}="{v}" ' if isinstance(v, str) else f"{k}={v} " for k, v in values.items())
+    extra = parse_config_args([args.node_config]) if args.node_config.strip() else {}
+    for key in sorted(set(values) & set(extra)):
+        raise FedwardError(f"{key} is set both by a flag and in --node-config; give it once")
+    settings = {**extra, **values, "data-path": str(args.data), "hospital": args.hospital}
+    privacy = node_privacy(settings)
+    if "privacy-ledger" not in settings:
+        default_ledger().parent.mkdir(parents=True, exist_ok=True)
+        values["privacy-ledger"] = str(default_ledger())
+    assert privacy.ledger is not None  # a real hospital always keeps one
+    PrivacyLedger(privacy.ledger).close()
+    print(privacy.announcement(args.hospital), file=sys.stderr, flush=True)
+    return "".join(f'{k}="{v}" ' if isinstance(v, str) else f"{k}={str(v).lower() if isinstance(v, bool) else v} "
+                   for k, v in values.items())
 
 
 def launch(args: argparse.Namespace) -> int:

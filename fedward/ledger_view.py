@@ -1,8 +1,11 @@
 """`fedward ledger show|export`: what a hospital's privacy ledger says, for people.
 
-Per dataset line: budget, spent (Opacus RDP over the whole history at the line's
-delta), remaining; per run: its rounds, noise, sample rate, steps and the epsilon
-of that run alone (runs compose to less than the sum of their epsilons).
+Per dataset line (named by the hospital, `dataset-name`): budget, spent (Opacus
+RDP over the whole history at the line's delta), remaining; its data versions
+(content fingerprints, first and last used: a changed file is a new version of
+the same line, not a new budget); per run: its rounds, noise, sample rate, steps
+and the epsilon of that run alone (runs compose to less than the sum of their
+epsilons).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ def summary(path: Path) -> list[dict[str, Any]]:
     out = []
     with PrivacyLedger(path) as ledger:
         for line in ledger.datasets():
-            charges = ledger.charges(line.fingerprint)
+            charges = ledger.charges(line.name)
             spent = epsilon_spent(history_of(charges), line.delta)
             runs = []
             for run_id in dict.fromkeys(c.run_id for c in charges):
@@ -34,12 +38,18 @@ def summary(path: Path) -> list[dict[str, Any]]:
                     "rounds": sorted({c.round for c in mine}),
                     "noise_multiplier": sorted({round(c.noise, 6) for c in mine}),
                     "sample_rate": sorted({round(c.sample_rate, 6) for c in mine}),
+                    "flower_runs": sorted({c.flwr_run_id for c in mine if c.flwr_run_id}),
                     "steps": sum(c.steps for c in mine),
                     "epsilon": epsilon_spent(history_of(mine), line.delta),
                 })
+            versions = [{"fingerprint": v.fingerprint, "first_used": _when(v.first_used),
+                         "last_used": _when(v.last_used),
+                         "rounds": sum(1 for c in charges if c.fingerprint == v.fingerprint)}
+                        for v in ledger.versions(line.name)]
             out.append({
-                "dataset": line.label,
+                "dataset": line.name,
                 "fingerprint": line.fingerprint,
+                "versions": versions,
                 "budget": None if math.isinf(line.budget) else line.budget,
                 "delta": line.delta,
                 "spent": spent,
@@ -59,8 +69,12 @@ def show(path: Path, as_json: bool) -> str:
     for d in lines:
         budget = "none" if d["budget"] is None else f"{d['budget']:g}"
         remaining = "unlimited" if d["remaining"] is None else f"{d['remaining']:.3f}"
-        text.append(f"\ndataset {d['dataset']} ({d['fingerprint'][:12]})  delta {d['delta']:g}")
+        text.append(f"\ndataset {d['dataset']}  delta {d['delta']:g}")
         text.append(f"  budget {budget} | spent {d['spent']:.3f} | remaining {remaining}")
+        text.append(f"  data versions: {len(d['versions'])} (the budget is shared by all)")
+        for v in d["versions"]:
+            text.append(f"    {v['fingerprint'][:12]}  first used {v['first_used']}  last used {v['last_used']}  "
+                        f"{v['rounds']} rounds")
         text.append(f"  {'run':<34} {'rounds':>6} {'noise':>8} {'q':>8} {'steps':>7} {'epsilon':>8}")
         for r in d["runs"]:
             noise = ",".join(f"{n:.3f}" for n in r["noise_multiplier"])
@@ -86,3 +100,7 @@ def export_csv(path: Path, out: Path) -> int:
                 ])
                 rows += 1
     return rows
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))

@@ -22,6 +22,15 @@ def _data_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
+@pytest.fixture(autouse=True)
+def fedward_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh FEDWARD_HOME per test: a real hospital's default privacy ledger lives there,
+    and a test must neither write to the user's ~/.fedward nor inherit another test's spending."""
+    home = tmp_path_factory.mktemp("fedward-home")
+    monkeypatch.setenv("FEDWARD_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     found = _data_dir()

@@ -13,7 +13,7 @@ from fedward.cli import main
 
 
 def filled_ledger(path: Path) -> float:
-    line = DatasetLine("d" * 64, "cleveland", 5.0, 1e-5)
+    line = DatasetLine("cleveland", "d" * 64, 5.0, 1e-5)
     with PrivacyLedger(path) as ledger:
         for r in (1, 2):
             ledger.reserve(line, "run-1", r, 1.2, 0.1, 7)
@@ -62,3 +62,21 @@ def test_supernode_passes_the_hospitals_privacy_settings_as_node_config(tmp_path
     (tmp_path / "bad.sqlite").write_text("x" * 200)
     assert main([*args[:-1], str(tmp_path / "bad.sqlite")]) == 2
     assert "bad.sqlite is not a fedward privacy ledger" in capsys.readouterr().err
+
+
+def test_supernode_with_only_a_data_path_keeps_a_default_ledger_and_says_so(tmp_path: Path, fedward_home: Path, capsys):
+    """Issue 17.5: DP and a ledger by default, announced at start-up; simulation-only noise refused."""
+    init_ca_and_server(tmp_path / "certs", "localhost", ["127.0.0.1"])
+    hospital_keys(tmp_path / "keys", "va")
+    args = ["supernode", "--superlink", "127.0.0.1:9092", "--ca", str(tmp_path / "certs" / "ca.crt"),
+            "--key", str(tmp_path / "keys" / "va"), "--hospital", "va", "--data", str(tmp_path), "--dry-run"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    ledger = fedward_home / "privacy-ledger.sqlite"
+    assert f'privacy-ledger="{ledger}"' in out and ledger.exists(), "the default ledger, named explicitly"
+    assert "DP required" in err and "epsilon-budget 10 (default)" in err and "run-epsilon-cap 3 per run and per 24 h (default)" in err
+    assert main([*args, "--allow-no-dp", "--dataset-name", "va-cardiology", "--require-secure-aggregation"]) == 0
+    out, err = capsys.readouterr()
+    assert "allow-no-dp=true" in out and 'dataset-name="va-cardiology"' in out and "require-secure-aggregation=true" in out
+    assert main([*args, "--node-config", "reproducible-noise=true"]) == 2
+    assert "reproducible-noise=true is for simulation only" in capsys.readouterr().err

@@ -2,28 +2,34 @@
 
 The real round loop, Flower's SecAggPlusWorkflow, Flower's secaggplus_mod and the
 real ClientApp run in this process over tests.inprocess_grid. Four heart-disease
-hospitals, DP on, one round: training is seeded per round, so the plain and the
-secure run start from the same model and the hospitals compute the same updates.
+hospitals, DP on, one round: the virtual hospitals ask for reproducible noise (as
+`fedward simulate` does), so the plain and the secure run start from the same model
+and the hospitals compute the same updates.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import Error, Message
-from flwr.common import bytes_to_ndarray
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.app import Context, Error, Message, Metadata, RecordDict
+from flwr.common import FitIns, bytes_to_ndarray, ndarrays_to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.compat.common import recorddict_compat as compat
 
 import client.secure
 from client.app import app
 from common.config import RunConfig
 from common.errors import ConfigError
+from common.ledger import PrivacyLedger
+from common.serialization import ARRAY_KEYS
 from server.federation import run_federation
 from server.secure_round import error_bound
+from tests.client.test_client_app import initial
 from tests.inprocess_grid import InProcessGrid
 
 HOSPITALS = 4
@@ -65,7 +71,7 @@ def run(tmp_path: Path, data_dir: Path, secure: bool, faults=None):  # type: ign
     # the MLP: weight matrices large enough for a correlation to mean something
     config = RunConfig(data_path=str(data_dir / "heart_disease_uci"), model="mlp", partition="iid", num_server_rounds=1,
                        min_hospitals=HOSPITALS, secure_aggregation=secure, out_dir=str(tmp_path))
-    nodes = [{"partition-id": i, "num-partitions": HOSPITALS} for i in range(HOSPITALS)]
+    nodes = [{"partition-id": i, "num-partitions": HOSPITALS, "reproducible-noise": True} for i in range(HOSPITALS)]
     grid = WireTap(app, nodes, faults)
     run_federation(grid, config)
     card = json.loads((tmp_path / "model_card.json").read_text())
@@ -167,3 +173,83 @@ def test_a_hospital_out_of_budget_refuses_a_secure_round_and_the_others_go_on(tm
     assert card["hospitals"]["hospital-0"]["rounds_trained"] == [1]
     assert card["hospitals"]["hospital-1"]["rounds_trained"] == [1]
     assert not card["rounds_skipped"] and card["secure_aggregation"]["enabled"]
+    assert not any("spent" in str(r) for r in refused), "the refusal says budget, not how much was spent"
+
+
+class LyingServer(WireTap):
+    """Lists one answering hospital as dropped too in the unmask request to hospital 0."""
+
+    def push_messages(self, messages):  # type: ignore[no-untyped-def]
+        messages = list(messages)
+        for msg in messages:
+            configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+            if configs is not None and configs.get(Key.STAGE) == Stage.UNMASK and msg.metadata.dst_node_id == 100:
+                configs[Key.DEAD_NODE_ID_LIST] = [*configs[Key.DEAD_NODE_ID_LIST], configs[Key.ACTIVE_NODE_ID_LIST][-1]]
+        return super().push_messages(messages)
+
+
+def test_a_hospital_sends_no_key_shares_when_a_node_is_listed_active_and_dropped(tmp_path: Path):
+    """Flower's client unmask does not check the lists; with a node in both, the server gets both
+    of its secrets and can unmask its single update. fedward's wrapper refuses."""
+    nodes = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
+    config = RunConfig(num_server_rounds=1, min_hospitals=3, secure_aggregation=True, out_dir=str(tmp_path / "run"))
+    grid = LyingServer(app, nodes)
+    run_federation(grid, config)
+    unmask_replies = [m for m in grid.received if m.metadata.src_node_id == 100 and m.metadata.message_type == "train"][-1:]
+    (reply,) = unmask_replies
+    assert reply.has_error() and "both active and dropped" in reply.error.reason
+    honest = [m for m in grid.received if m.metadata.src_node_id == 101 and not m.has_error()
+              and m.metadata.message_type == "train"]
+    assert honest and Key.SHARE_LIST in honest[-1].content.config_records[RECORD_KEY_CONFIGS], "the others unmask"
+
+
+def test_a_hospital_requiring_secure_aggregation_refuses_plain_train_messages(tmp_path: Path):
+    nodes = [{"partition-id": i, "num-partitions": 3, "require-secure-aggregation": True} for i in range(3)]
+    plain = RunConfig(num_server_rounds=1, min_hospitals=3, out_dir=str(tmp_path / "plain"))
+    grid = WireTap(app, nodes)
+    run_federation(grid, plain)
+    train = [m for m in grid.received if m.metadata.message_type == "train"]
+    assert train and all(dict(m.content["refusal"]) == {"reason": "secure-aggregation-required"} for m in train)
+    assert all("arrays" not in m.content for m in train), "no plain update left any hospital"
+    secure = WireTap(app, nodes)
+    run_federation(secure, plain.replace(secure_aggregation=True, out_dir=str(tmp_path / "secure")))
+    card = json.loads((tmp_path / "secure" / "model_card.json").read_text())
+    assert all(h["rounds_trained"] == [1] for h in card["hospitals"].values())
+
+
+def test_a_plain_message_dressed_as_the_masked_stage_gets_no_update(tmp_path: Path):
+    """The masked stage's reply is the update itself (the mod masks it): only the mod may ask for it."""
+    config = RunConfig(num_server_rounds=1, epsilon=2.0)
+    arrays = initial(config, (30,), 2)
+    fitins = compat.fitins_to_recorddict(FitIns(
+        ndarrays_to_parameters([a.numpy() for a in arrays.values()]),
+        {**config.to_mapping(), "server-round": 1, ARRAY_KEYS: "\n".join(arrays.keys())}), keep_input=False)
+    metadata = Metadata(run_id=1, message_id="x", src_node_id=0, dst_node_id=7, reply_to_message_id="",
+                        group_id="1", created_at=time.time(), ttl=600, message_type="train")
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 2},
+                      state=RecordDict(), run_config={})
+    reply = app(Message(content=fitins, metadata=metadata), context)
+    assert reply.has_error() or not any(len(r) for r in reply.content.array_records.values())
+
+
+def test_a_replayed_secure_round_is_trained_and_charged_again(tmp_path: Path, monkeypatch):
+    """Re-sending a masked update to another subset would let the server subtract sums: a secure
+    round asked for again is a new release, charged (a plain replay is free, tests/client)."""
+    import server.run_state
+
+    monkeypatch.setattr(server.run_state.uuid, "uuid4", lambda: type("U", (), {"hex": "same-run"})())
+    ledger = tmp_path / "ledger.sqlite"
+    nodes = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
+    nodes[0]["privacy-ledger"] = str(ledger)
+    # the second time the run's epsilon is raised, so the run's own target does not refuse the
+    # replay (which it would otherwise: a charged replay passes a target calibrated for one round)
+    for attempt, epsilon in (("first", 2.0), ("again", 4.0)):
+        config = RunConfig(num_server_rounds=1, epsilon=epsilon, min_hospitals=3, secure_aggregation=True,
+                           out_dir=str(tmp_path / attempt))
+        run_federation(WireTap(app, nodes), config)
+    with PrivacyLedger(ledger) as db:
+        charges = db.charges("hospital-0")
+    assert [(c.run_id, c.round) for c in charges] == [("same-run", 1), ("same-run", 1)]
+    assert charges[0].update_digest != charges[1].update_digest, "a fresh update, with fresh noise"
+    assert not (tmp_path / "ledger.sqlite.sent").exists() or not any((tmp_path / "ledger.sqlite.sent").rglob("*.npz")), \
+        "no masked round is kept to be sent again"
