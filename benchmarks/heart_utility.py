@@ -4,15 +4,17 @@
 
 Each hospital's file (FEDWARD_DATA_DIR/heart_disease_uci/processed.<site>.data) is
 split 2/3 train, 1/3 test, stratified with the seed, by the same code a hospital
-runs (`client.hospital.hospital_data`, test-fraction 1/3), and standardised with its
-own train statistics. The score is the mean accuracy over the 4 test sets.
+runs (`client.hospital.hospital_data`, test-fraction 1/3); features are scaled record by
+record with public clinical reference values (common/tasks/tabular/scaling.py), never
+with a split's own statistics. The score is the mean accuracy over the 4 test sets.
 Methods: local (each hospital alone, evaluated on its own test set), pooled (one
 model on all hospitals' train data), and FedAvg / FedProx / FedAdam / FedYogi (the
 real round loop and ClientApp handlers, in process through tests/inprocess_grid.py:
 the same code as a simulation or deployment, without Ray or gRPC). Every method
 trains the same number of epochs (rounds x 1 local epoch) with the run defaults
-(lr, batch 32, class weighting, prior correction), chosen before any test score
-was seen. Prior correction shifts the model's output to the hospital's own label
+(lr, batch 32, class weighting without DP, none under DP, prior correction), chosen
+before any test score was seen. Each row is one patient, so record-level DP is
+patient-level here. Prior correction shifts the model's output to the hospital's own label
 frequencies in its train split (the hospitals' base rates differ: 93% positive at
 switzerland); `--prior-correction off` gives the plain model's scores, the setting
 of the published anchors. Epsilon 0 means no DP; otherwise (epsilon, 1e-5) for each hospital's
@@ -69,7 +71,7 @@ def centralised(train: Samples, tests: list[tuple[HospitalData, Samples]], confi
     task = get_task(config.task)
     model = task.build_model(train.x.shape[1:], 2, config)
     epochs = config.num_server_rounds * config.local_epochs
-    dp = pooled_dp(config, len(train), epochs)
+    dp = pooled_dp(config, train, epochs)
     task.train(model, train, 2, config.replace(local_epochs=epochs), dp, CPU, seed)
     scores = []
     for _, test in tests:
@@ -104,6 +106,7 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[0.0, 1.0, 3.0])
     parser.add_argument("--methods", nargs="+", default=["local", "pooled", *STRATEGIES])
     parser.add_argument("--prior-correction", choices=["on", "off"], default="on")
+    parser.add_argument("--section", default="", help="a suffix for the docs section (quick checks keep theirs apart)")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} is missing: set FEDWARD_DATA_DIR to the folder holding heart_disease_uci/")
@@ -128,7 +131,8 @@ def main() -> None:
                 "min": min(scores), "max": max(scores), "seconds": time.perf_counter() - start,
             })
     write_section(
-        f"Heart disease: local, pooled and federated accuracy (prior correction {args.prior_correction})", table,
+        f"Heart disease: local, pooled and federated accuracy (prior correction {args.prior_correction})"
+        + (f", {args.section}" if args.section else ""), table,
         ["method", "epsilon", "mean accuracy", "sd over seeds", "min", "max", "seconds"],
         notes=f"4 real hospitals, train/test sizes {sizes}; {args.seeds} seeds, {args.rounds} rounds (or epochs) each, "
               f"delta 1e-5. Anchors: {ANCHORS}. Target: >= 0.74 at epsilon <= 1.",

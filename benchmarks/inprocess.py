@@ -19,7 +19,8 @@ import torch
 from client.app import app
 from common.config import RunConfig
 from common.privacy import DPState, calibrate_noise
-from common.training import batches_per_epoch
+from common.data import Samples
+from common.training import dp_plan
 from server.federation import run_federation
 from tests.inprocess_grid import InProcessGrid
 
@@ -40,19 +41,28 @@ def virtual_hospitals(count: int) -> list[dict[str, int]]:
     return [{"partition-id": i, "num-partitions": count} for i in range(count)]
 
 
+def hospital_privacy(nodes: list[dict[str, Any]], folder: str) -> list[dict[str, Any]]:
+    """What a real hospital's node config holds beside its data: its own ledger (in `folder`), a budget
+    the benchmark never reaches, and (runs without DP) its consent to train without DP."""
+    return [{"privacy-ledger": str(Path(folder) / f"ledger-{i}.sqlite"), "epsilon-budget": 1e6,
+             "allow-no-dp": True, **node} for i, node in enumerate(nodes)]
+
+
 def federate(config: RunConfig, nodes: list[dict[str, Any]]) -> Run:
     with tempfile.TemporaryDirectory() as out:
+        if any("data-path" in node for node in nodes):  # real hospitals' node configs
+            nodes = hospital_privacy(nodes, out)
         run_federation(InProcessGrid(app, nodes), config.replace(out_dir=out))
         card = json.loads((Path(out) / "model_card.json").read_text())
         weights = torch.load(Path(out) / "final_model.pt", map_location="cpu")
     return Run(card, weights)
 
 
-def pooled_dp(config: RunConfig, num_samples: int, epochs: int) -> DPState | None:
-    """DP for one model trained on `num_samples` for `epochs` epochs at the run's
-    (epsilon, delta); None without DP."""
+def pooled_dp(config: RunConfig, train: Samples, epochs: int) -> DPState | None:
+    """DP for one model trained on `train` for `epochs` epochs at the run's (epsilon, delta),
+    per patient where `train` names patients; None without DP."""
     if not config.dp:
         return None
-    per_epoch = batches_per_epoch(num_samples, config.batch_size)
-    noise = calibrate_noise(config.epsilon, config.delta, 1 / per_epoch, epochs * per_epoch)
+    plan = dp_plan(train, config.replace(local_epochs=epochs, num_server_rounds=1))
+    noise = calibrate_noise(config.epsilon, config.delta, plan.sample_rate, plan.planned_steps)
     return DPState(noise, config.max_grad_norm, config.delta)

@@ -1,7 +1,7 @@
 """MIT-BIH arrhythmia, inter-patient: centralised vs federated, with and without DP.
 
     .venv/bin/python benchmarks/mitbih_utility.py [--rounds 10] [--epsilons 0 3] [--normal-per-record 300]
-        [--seeds 0 1 2]
+        [--seeds 0 1 2] [--unit record|patient]
 
 The split is de Chazal et al. (2004)'s DS1 / DS2: 22 records train, 22 other
 patients' records test, the 4 paced records left out, so no patient is on both
@@ -22,7 +22,9 @@ Scores are on DS2 (never used to choose settings): accuracy, macro-F1 over the
 5 classes, macro AUROC and each class's recall, with the accuracy of always
 answering N beside them. Run defaults otherwise (class weighting on, batch 32,
 lr 0.01 / 0.1 under DP, delta 1e-5). The beats are written to a temporary .npz
-for the run and deleted.
+for the run and deleted. `--unit record` (default, the published rows) writes it
+without patient ids, so DP protects each beat; `--unit patient` adds each beat's
+patient (its record), so DP-SGD samples and clips whole patients (user-level DP).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def centralised(config: RunConfig) -> dict[str, float]:
     assert data.test is not None
     model = task.build_model(data.input_shape, data.num_classes, config)
     epochs = config.num_server_rounds
-    dp = pooled_dp(config, len(data.train), epochs)
+    dp = pooled_dp(config, data.train, epochs)
     task.train(model, data.train, data.num_classes, config.replace(local_epochs=epochs), dp, CPU, config.seed)
     return scores(model, data.test)
 
@@ -120,6 +122,8 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[0.0, 3.0])
     parser.add_argument("--methods", nargs="+", default=["centralised", "fedavg"])
     parser.add_argument("--normal-per-record", type=int, default=300, help="0: keep every N beat")
+    parser.add_argument("--unit", choices=["record", "patient"], default="record",
+                        help="the privacy unit of DP runs: each beat, or each patient's beats together")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="training seeds; the N beats kept are drawn once, with the first")
     args = parser.parse_args()
@@ -131,7 +135,9 @@ def main() -> None:
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mitbih_ds1_ds2.npz"
-        np.savez(path, x=train.x, y=train.y, groups=train.groups.astype(str), x_test=test.x, y_test=test.y)
+        patients = {"patients": train.groups.astype(str)} if args.unit == "patient" else {}
+        np.savez(path, x=train.x, y=train.y, groups=train.groups.astype(str), x_test=test.x, y_test=test.y,
+                 **patients)
         parts = partition_indices(train, Partition("natural"), HOSPITALS, data_seed)
         print(json.dumps({"measure": "mitbih_split", "train_beats": np.bincount(train.y, minlength=5).tolist(),
                           "test_beats": np.bincount(test.y, minlength=5).tolist(),
@@ -157,11 +163,17 @@ def main() -> None:
     counts = dict(zip(AAMI_CLASSES, np.bincount(train.y, minlength=5).tolist(), strict=True))
     test_counts = dict(zip(AAMI_CLASSES, np.bincount(test.y, minlength=5).tolist(), strict=True))
     write_section(
-        "MIT-BIH inter-patient (DS1 train, DS2 test)", table,
+        "MIT-BIH inter-patient (DS1 train, DS2 test)" + (", DP per patient" if args.unit == "patient" else ""),
+        table,
         ["method", "epsilon", "seed", "accuracy", "accuracy_sd", "macro_f1", "macro_f1_sd", "auroc", "always_N",
          "recall_N", "recall_S", "recall_V", "recall_F", "recall_Q", "epsilon_spent", "seconds"],
         notes=f"LSTM (hidden 32), {args.rounds} rounds of 1 local epoch (centralised: {args.rounds} epochs); "
-              f"FedAvg over {HOSPITALS} hospitals formed by patient. Training beats (DS1, at most "
+              f"FedAvg over {HOSPITALS} hospitals formed by patient. Privacy unit of the DP rows: "
+              + ("the patient (a step samples patients; each patient's mean gradient over at most "
+                 "records-per-patient of its beats is clipped). " if args.unit == "patient" else
+                 "the beat; per patient this is no guarantee (group privacy over 400-1700 beats, see "
+                 "'Privacy unit of every DP benchmark row'). ")
+              + f"Training beats (DS1, at most "
               f"{args.normal_per_record} N per record): {counts}; test beats (all of DS2): {test_counts}. "
               "always_N: accuracy of always answering N. No setting was chosen on DS2. Since 2026-11-23 each "
               "beat carries its RR intervals (before, after, local mean; relative to the patient's mean RR) as 3 "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -163,6 +164,17 @@ def end_private(wrapped: torch.nn.Module) -> None:
     layers: PerSampleLayers | None = getattr(wrapped, "per_sample_layers", None)
     if layers is not None:
         layers.detach()
+
+
+def group_privacy(epsilon: float, delta: float, k: int) -> tuple[float, float]:
+    """What an (epsilon, delta) guarantee per record says about a group of k records (one patient's):
+    (k epsilon, k e^((k-1) epsilon) delta), the standard group-privacy bound (Dwork & Roth 2014,
+    Lemma 2.2 with its delta term); a delta of 1 or more is no guarantee at all."""
+    if k <= 1:
+        return epsilon, delta
+    exponent = (k - 1) * epsilon
+    group_delta = k * delta * math.exp(exponent) if exponent < 700 else math.inf
+    return k * epsilon, min(group_delta, math.inf)
 
 
 def history_to_json(history: History) -> str:
