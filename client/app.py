@@ -207,10 +207,12 @@ def _evaluate_message(content: RecordDict, context: Context) -> RecordDict:
     task = get_task(config.task)
     model = task.build_model(hospital.input_shape, hospital.num_classes, config)
     load_arrays(model, content["arrays"])
-    # After the last round, benefit-report=true: local-only and personalised models, kept here (client/benefit.py)
-    shared = final_benefit(content["config"], node_settings(context.node_config), task, model, config, hospital,
-                           pick_device())
-    reply = _reply(hospital, _evaluate(task, model, config, hospital, context))  # limits apply to a shared one too
+    try:
+        metrics = _evaluate(task, model, config, hospital, context)  # its limits bound a shared report too
+    finally:  # after the last round, benefit-report=true: local-only and personalised models, kept here
+        shared = final_benefit(content["config"], node_settings(context.node_config), task, model, config, hospital,
+                               pick_device())
+    reply = _reply(hospital, metrics)
     if shared is not None:  # share-benefit=true: the scores, no model; a ConfigRecord beside the one MetricRecord
         reply["benefit"] = ConfigRecord(shared)
     return reply

@@ -29,6 +29,7 @@ from common.errors import DataError, FedwardError
 from common.serialization import load_arrays, to_arrays
 from common.tasks import get_task, load_data
 from server import central_dp
+from server.benefit import card_section, shared_rows, table_rows, write_benefit
 from server.exchange import send_and_receive
 from server.init_weights import apply_init_weights, read_init_weights
 from server.operating_point import operating_point
@@ -62,11 +63,12 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     central = data if data is not None and data.test is not None else None
     device = pick_device()
     fused = config.fused_rounds and not config.secure_aggregation
+    benefit: dict[str, dict] = {}  # hospital -> the benefit row it chose to share (share-benefit=true)
     for server_round in range(state.completed_round + 1, config.num_server_rounds + 1):
         evaluate_first = fused and server_round > 1  # round 0's model (the initial one) is not evaluated
         arrays = _phase(grid, config, strategy, recorder, server_round, arrays, sent, True, evaluate_first)
         if not fused or server_round == config.num_server_rounds:
-            _phase(grid, config, strategy, recorder, server_round, arrays, sent, train=False)
+            _phase(grid, config, strategy, recorder, server_round, arrays, sent, train=False, benefit=benefit)
         if central is not None and central.test is not None:
             t0 = time.perf_counter()
             load_arrays(model, arrays)
@@ -90,6 +92,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
                   f"{t['specificity']:.3f}", flush=True)
     card = model_card(config, recorder.rows, recorder.rejections, extra, data.source if data else config.data_path)
     card["init_weights"] = init.card() if init is not None else None
+    card["benefit"] = _benefit(benefit, card, task, config, out_dir, state.run_id, data, device)
     write_model_card(out_dir, card)
     if card["central_dp"]["enabled"]:
         c = card["central_dp"]
@@ -103,6 +106,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
 def _phase(
     grid: Grid, config: RunConfig, strategy: Strategy, recorder: RunRecorder,
     server_round: int, arrays: ArrayRecord, sent: ConfigRecord, train: bool, evaluate_first: bool = False,
+    benefit: dict[str, dict] | None = None,
 ) -> ArrayRecord:
     """One train or evaluate exchange: configure, send, screen, record, aggregate.
 
@@ -122,6 +126,10 @@ def _phase(
     replies = send_and_receive(grid, configure(server_round, arrays, sent, grid), config.round_timeout)
     if evaluate_first:
         _record_evaluations(recorder, server_round - 1, replies)
+    if benefit is not None:  # the final evaluate replies of hospitals that share their benefit rows
+        rows, malformed = shared_rows(replies)
+        benefit.update(rows)
+        recorder.reject(server_round, "benefit", malformed)
     accepted, rejected = screen(replies, arrays, train=train, outlier_factor=config.outlier_factor)
     recorder.reject(server_round, split, rejected)
     recorder.hospitals(server_round, split, accepted)
@@ -139,6 +147,24 @@ def _phase(
         aggregated, metrics = None, strategy.aggregate_evaluate(server_round, accepted)
     recorder.aggregate(server_round, split, metrics and dict(metrics), time.perf_counter() - t0)
     return aggregated if aggregated is not None else arrays
+
+
+def _benefit(
+    shared: dict[str, dict], card: dict, task, config: RunConfig, out_dir: Path, run_id: str,  # type: ignore[no-untyped-def]
+    data: TaskData | None, device: torch.device,
+) -> dict | None:
+    """The card's `benefit` (and benefit.csv, benefit.png) from the rows hospitals shared; in a
+    simulation (the server reads the data) also the pooled model and the cross-site matrix."""
+    if not shared:
+        return None
+    rows = table_rows(shared, list(card["hospitals"]))
+    extra = {}
+    if data is not None and task.classifier:
+        from server.benefit_simulation import add_simulation_rows
+
+        extra = add_simulation_rows(rows, task, config, out_dir, run_id, device)
+    write_benefit(out_dir, rows)
+    return card_section(rows, extra)
 
 
 def _record_evaluations(recorder: RunRecorder, evaluated_round: int, replies: list[Message]) -> None:
