@@ -76,8 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     link = commands.add_parser("superlink", help="check the certificates, then start flower-superlink")
     link.add_argument("--certs", required=True, type=Path, help="folder from `fedward certs init`")
     link.add_argument("--database", required=True, type=Path)
-    link.add_argument("--host", default="0.0.0.0")
-    link.add_argument("--port", type=int, default=9092)
+    link.add_argument("--host", default="0.0.0.0",
+                      help="address of the Fleet API, the only API hospitals reach (default: all interfaces)")
+    link.add_argument("--port", type=int, default=9092, help="port of the Fleet API (open it to the hospitals)")
+    link.add_argument("--control-port", type=int, default=9093,
+                      help="port of the control API (`flwr run`, `flwr supernode register`) on --control-host")
+    link.add_argument("--control-host", default="127.0.0.1",
+                      help="address of the control API (default 127.0.0.1, this machine only: it has no "
+                           "user authentication; anything else prints why that is dangerous)")
     link.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
 
     node = commands.add_parser("supernode", help="check key, CA and data, then start flower-supernode")
@@ -278,10 +284,15 @@ def privacy_node_config(args: argparse.Namespace) -> str:
 
 
 def launch(args: argparse.Namespace) -> int:
-    from fedward.launch import describe, run_warm_supernode, superlink_command, supernode_command
+    from fedward.launch import (CONTROL_API_WARNING, control_api_is_open, describe, run_warm_supernode,
+                                superlink_command, supernode_command)
 
     if args.command == "superlink":
-        command = superlink_command(args.certs, args.database, args.host, args.port)
+        command = superlink_command(args.certs, args.database, args.host, args.port,
+                                    args.control_host, args.control_port)
+        if control_api_is_open(args.control_host):
+            print(CONTROL_API_WARNING.format(address=f"{args.control_host}:{args.control_port}"),
+                  file=sys.stderr, flush=True)
     else:
         command = supernode_command(args.superlink, args.ca, args.key, args.data, args.hospital,
                                     args.port, privacy_node_config(args) + args.node_config)

@@ -10,25 +10,48 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 from common.errors import FedwardError
 from deploy.certs import cert_paths, check_loopback_san, check_node_key, check_tls_files
 
 
-def superlink_command(certs: Path, database: Path, host: str, port: int) -> list[str]:
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+CONTROL_API_WARNING = (
+    "fedward: WARNING: the SuperLink's control API (what `flwr run`, `flwr ls`, `flwr stop` and "
+    "`flwr supernode register/unregister` talk to) is served on {address}. Flower's open-source "
+    "control API has no user authentication: anyone who reaches that address with the public "
+    "ca.crt can register or remove hospitals' nodes, list, start and stop runs (and a run's "
+    "ServerApp is code of their choosing). Keep it on 127.0.0.1 and reach it through an SSH "
+    "tunnel (deploy/README.md) unless a firewall already limits it to the operator."
+)
+
+
+def superlink_command(certs: Path, database: Path, host: str, port: int,
+                      control_host: str = "127.0.0.1", control_port: int = 9093) -> list[str]:
+    """Flower's SuperLink through fedward.split_superlink: the Fleet API alone on host:port
+    (the hospitals' side), every API on control_host:control_port (loopback by default)."""
     paths = cert_paths(certs)
     check_tls_files(paths.ca_cert, paths.server_cert, paths.server_key)
     check_loopback_san(paths.server_cert)
-    if not database.parent.is_dir():
-        raise FedwardError(f"--database {database}: folder {database.parent} does not exist")
+    if port == control_port:
+        raise FedwardError(f"--port and --control-port are both {port}: the control API needs a port of its own")
+    if str(database) != ":flwr-in-memory:" and not database.parent.is_dir():
+        raise FedwardError(f"--database {database}: folder {database.parent} does not exist; create it "
+                           f"(mkdir -p {database.parent}) on fast local storage")
+    _binary("flower-superlink")  # installed with flwr
     return [
-        _binary("flower-superlink"),
+        sys.executable, "-m", "fedward.split_superlink", "--public-host", host, "--public-port", str(port), "--",
         "--ssl-ca-certfile", str(paths.ca_cert), "--ssl-certfile", str(paths.server_cert),
         "--ssl-keyfile", str(paths.server_key), "--enable-supernode-auth",
-        "--database", str(database), "--host", host, "--port", str(port),
+        "--database", str(database), "--host", control_host, "--port", str(control_port),
         "--disable-runtime-dependency-installation",
     ]
+
+
+def control_api_is_open(control_host: str) -> bool:
+    return control_host not in LOOPBACK_HOSTS
 
 
 def supernode_command(

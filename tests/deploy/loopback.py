@@ -31,7 +31,8 @@ class LoopbackFederation:
         self.certs = root / "certs"
         self.keys = root / "keys"
         self.home = root / "flwr-home"
-        self.port = free_port()
+        self.port = free_port()  # the Fleet API, what hospitals reach
+        self.control_port = free_port()  # the control API, on 127.0.0.1 only
         self.processes: dict[str, subprocess.Popen] = {}
         self.env = {
             **os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -40,7 +41,7 @@ class LoopbackFederation:
         }
         self.home.mkdir(parents=True)
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "fed"\n\n[superlink.fed]\naddress = "127.0.0.1:{self.port}"\n'
+            f'[superlink]\ndefault = "fed"\n\n[superlink.fed]\naddress = "127.0.0.1:{self.control_port}"\n'
             f'root-certificates = "{self.certs / "ca.crt"}"\n'
         )
 
@@ -65,15 +66,15 @@ class LoopbackFederation:
 
     # ------------------------------------------------------------ set-up steps
     def make_certs(self, *hospitals: str) -> None:
-        assert self.fedward("certs", "init", "--out", str(self.certs), "--server-name", "localhost",
-                            "--san", "127.0.0.1").returncode == 0
+        assert self.fedward("certs", "init", "--out", str(self.certs), "--server-name", "localhost").returncode == 0
         for name in hospitals:
             assert self.fedward("certs", "hospital", name, "--out", str(self.keys)).returncode == 0
 
     def start_superlink(self, in_memory: bool = False) -> None:
         database = ":flwr-in-memory:" if in_memory else str(self.root / "state.db")
         self.start("superlink", "superlink", "--certs", str(self.certs), "--database",
-                   database, "--host", "127.0.0.1", "--port", str(self.port))
+                   database, "--host", "127.0.0.1", "--port", str(self.port),
+                   "--control-port", str(self.control_port))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with socket.socket() as sock:
@@ -84,7 +85,7 @@ class LoopbackFederation:
         raise AssertionError("SuperLink did not open its port:\n" + self.log("superlink"))
 
     def register(self, name: str) -> None:
-        result = self.flwr("supernode", "register", str(self.keys / f"{name}.pub"), "fed")
+        result = self.flwr("supernode", "register", str(self.keys / f"{name}.pub"), "fed", "--name", name)
         assert result.returncode == 0, result.stdout + result.stderr
 
     def start_node(self, name: str, data: Path, cold: bool = False, *extra: str) -> subprocess.Popen:
