@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--separate-evaluate", action="store_true",
                      help="a train and an evaluate message per hospital and round, instead of one message that "
                           "evaluates the received model and then trains (fused-rounds=false)")
+    sim.add_argument("--benefit", action="store_true",
+                     help="each virtual hospital trains its local-only and personalised models after the last round "
+                          "and shares their scores (node config benefit-report, share-benefit); the run adds the "
+                          "pooled model and a cross-site matrix: benefit.csv, benefit.png, cross_site.csv, card `benefit`")
     sim.add_argument("--out", help="run directory (default: runs/<time>-<task>)")
     sim.add_argument("--cpus-per-hospital", type=float, default=2.0)
     sim.add_argument("--gpus-per-hospital", type=float, default=0.0)
@@ -133,6 +137,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise FedwardError(f"--data is required for task {args.task}: pass a file or folder")
     if not data.startswith("builtin:"):
         data = str(Path(data).expanduser().resolve())
+    benefit = commands.add_parser("benefit", help="a hospital's benefit report: local-only, global, personalised")
+    benefit_view = benefit.add_subparsers(dest="benefit_command", required=True)
+    benefit_show = benefit_view.add_parser("show", help="print the hospital's benefit table(s)")
+    benefit_show.add_argument("--dir", type=Path, required=True,
+                              help="the hospital's benefit-dir (node config), or a `fedward simulate --benefit` run")
+    benefit_show.add_argument("--json", action="store_true")
+
     out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{args.task}"
     return RunConfig(
         task=args.task, data_path=data, partition=args.partition, num_server_rounds=args.rounds,
@@ -175,7 +186,8 @@ def simulate(args: argparse.Namespace) -> int:
         config = resolve(config_from_args(args))
         hospitals = args.hospitals
         check_before_start(config, hospitals)
-    os.environ[SIMULATED_NODE_CONFIG] = json.dumps(simulated_node_config(config, args.node_config))
+    os.environ[SIMULATED_NODE_CONFIG] = json.dumps(simulated_node_config(config, args.node_config,
+                                                                               getattr(args, "benefit", False)))
     print(f"fedward: {config.task} on {config.data_path}, {hospitals} hospitals "
           f"({config.partition}), {config.num_server_rounds} rounds of {config.strategy}, "
           + (f"DP epsilon={config.epsilon:g} delta={config.delta:g}" if config.dp else "no DP")
@@ -204,7 +216,7 @@ def resumed_config(run_dir: Path) -> RunConfig:
     return RunConfig.from_mapping({**saved, "resume": True, "out-dir": str(run_dir.resolve())})
 
 
-def simulated_node_config(config: RunConfig, text: str) -> dict[str, object]:
+def simulated_node_config(config: RunConfig, text: str, benefit: bool = False) -> dict[str, object]:
     """What every virtual hospital gets as node config; kept in the run directory for --resume.
 
     With DP each virtual hospital keeps its privacy ledger in RUN_DIR/ledgers/ unless
@@ -230,6 +242,9 @@ def simulated_node_config(config: RunConfig, text: str) -> dict[str, object]:
     # A simulation is the researcher's own: its noise may repeat from --seed (a real hospital's
     # is secret; a SuperNode refuses reproducible-noise), and --no-dp is its own choice.
     values.setdefault("reproducible-noise", True)
+    if benefit:  # --benefit: each virtual hospital's report, shared, its folder under RUN_DIR/benefit/
+        values.update({"benefit-report": True, "share-benefit": True})
+        values.setdefault("benefit-dir", str(out_dir / "benefit"))
     if not config.dp:
         values.setdefault("allow-no-dp", True)
     node_privacy(values)
@@ -361,3 +376,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedward: error: {err}", file=sys.stderr)
         return 2
     return 1
+    if card.get("benefit"):
+        from common.benefit import format_table
+
+        print("benefit per hospital (its held-out split; differences to local-only with a bootstrap 95% interval):")
+        print(format_table(card["benefit"]["hospitals"]))
+        print(f"  ({out_dir}/benefit.csv, benefit.png" + (", cross_site.csv" if card["benefit"].get("cross_site") else "")
+              + "; each hospital's models in its benefit-dir)")
+        if args.command == "benefit":
+            from fedward.benefit_view import show as show_benefit
+
+            print(show_benefit(args.dir, args.json))
+            return 0
