@@ -109,11 +109,30 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--allow-no-dp", action="store_true", help="accept runs with dp=false (default: refuse them)")
     node.add_argument("--require-secure-aggregation", action="store_true",
                       help="train only inside SecAgg+: refuse plain train messages")
-    node.add_argument("--node-config", default="", help="more node config, e.g. 'skip-bad-files=true'")
+    node.add_argument("--node-config", default="",
+                      help="more node config as key=value pairs, text in double quotes, e.g. "
+                           "'bad-files=\"skip\"' (skip unreadable rows, images, records; default \"stop\") or "
+                           "'split-seed=3'")
+    node.add_argument("--approve-fab", action="append", default=[], metavar="SHA256",
+                      help="run the ClientApp inside the app bundle with this SHA-256 (the refusal in this "
+                           "node's log prints it); without it this hospital runs only its own client.app, "
+                           "whatever bundle a run sends")
+    node.add_argument("--activation-wait", type=float, default=120.0, metavar="SECONDS",
+                      help="keep retrying, with backoff, while the SuperLink refuses to activate this node "
+                           "(exit 305: key not registered yet, or the node's previous session still online)")
     node.add_argument("--max-retries", type=int, help="give up after this many failed connection attempts")
     node.add_argument("--cold", action="store_true",
-                      help="Flower's stock executor: a fresh process (re-importing torch) per message")
+                      help="a fresh process (re-importing torch) per message instead of a forked one; "
+                           "the same app-bundle check")
     node.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+
+    launch_run = commands.add_parser(
+        "run", help="start a run on the SuperLink (flwr run), follow it, exit non-zero if it did not complete")
+    launch_run.add_argument("app", nargs="?", default=".", help="the app folder to send (default: .)")
+    launch_run.add_argument("federation", help="the SuperLink's name in $FLWR_HOME/config.toml")
+    launch_run.add_argument("--run-config", default="", help="run settings, e.g. 'num-server-rounds=10 "
+                            "out-dir=\"/srv/fedward/runs/r1\"'")
+    launch_run.add_argument("--timeout", type=float, default=86400.0, help="give up following after SECONDS")
 
     ledger = commands.add_parser("ledger", help="a hospital's privacy ledger: budget, spent, per-run epsilon")
     view = ledger.add_subparsers(dest="ledger_command", required=True)
@@ -298,8 +317,31 @@ def privacy_node_config(args: argparse.Namespace) -> str:
                    for k, v in values.items())
 
 
+def check_node_config(text: str) -> None:
+    """`--node-config` parsed as Flower will, so a typo stops here with a message, not a traceback there."""
+    from flwr.common.config import parse_config_args
+
+    if not text.strip():
+        return
+    try:
+        parse_config_args([text])
+    except Exception:  # noqa: BLE001 - Flower raises click's exception type
+        raise FedwardError(
+            f"--node-config {text!r} is not key=value pairs Flower can read: values are numbers, true/false or "
+            "text in double quotes, e.g. --node-config 'bad-files=\"skip\"'") from None
+
+
+def check_approvals(approved: list[str]) -> None:
+    import re
+
+    for sha in approved:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+            raise FedwardError(f"--approve-fab {sha!r}: give the app bundle's SHA-256 as 64 hex digits "
+                               "(the refusal in this node's log prints it)")
+
+
 def launch(args: argparse.Namespace) -> int:
-    from fedward.launch import (CONTROL_API_WARNING, control_api_is_open, describe, run_warm_supernode,
+    from fedward.launch import (CONTROL_API_WARNING, control_api_is_open, describe, run_supernode,
                                 superlink_command, supernode_command)
 
     if args.command == "superlink":
@@ -309,6 +351,8 @@ def launch(args: argparse.Namespace) -> int:
             print(CONTROL_API_WARNING.format(address=f"{args.control_host}:{args.control_port}"),
                   file=sys.stderr, flush=True)
     else:
+        check_node_config(args.node_config)
+        check_approvals(args.approve_fab)
         command = supernode_command(args.superlink, args.ca, args.key, args.data, args.hospital,
                                     args.port, privacy_node_config(args) + args.node_config)
         if args.max_retries is not None:
@@ -316,8 +360,8 @@ def launch(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe(command))
         return 0
-    if args.command == "supernode" and not args.cold:
-        return run_warm_supernode(command, args.port)
+    if args.command == "supernode":
+        return run_supernode(command, args.port, tuple(args.approve_fab), args.cold, args.activation_wait)
     os.execv(command[0], command)
     return 1  # not reached
 
@@ -370,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
             return certs(args)
         if args.command in ("superlink", "supernode"):
             return launch(args)
+        if args.command == "run":
+            from fedward.operator_run import run
+
+            return run(args.app, args.federation, args.run_config, args.timeout)
         if args.command == "ledger":
             return ledger(args)
     except FedwardError as err:

@@ -11,7 +11,9 @@ import os
 import shlex
 import shutil
 import sys
+import threading
 from pathlib import Path
+from typing import IO
 
 from common.errors import FedwardError
 from deploy.certs import cert_paths, check_loopback_san, check_node_key, check_tls_files
@@ -84,22 +86,67 @@ def _binary(name: str) -> str:
     return found
 
 
-def run_warm_supernode(command: list[str], runtime_port: int) -> int:
-    """Run the SuperNode (idle waits capped) with `--isolation process` beside
-    fedward's warm executor.
+ACTIVATION_REFUSED = 305  # returned by _run_supernode_once when Flower's SuperNode printed ...
+ACTIVATION_REFUSED_LINE = "Exit Code: 305"  # ... its SUPERNODE_CONNECTION_ERROR (its process exits 1)
+RETRY_DELAYS_S = (5.0, 10.0, 20.0, 30.0)
 
-    Both are children of this process; it forwards SIGTERM/SIGINT, and when the
-    SuperNode ends, stops the executor and returns the SuperNode's exit code.
+
+def run_supernode(command: list[str], runtime_port: int, approved: tuple[str, ...] = (), cold: bool = False,
+                  activation_wait_s: float = 120.0) -> int:
+    """Run the SuperNode with `--isolation process` beside fedward's executor (warm: forked
+    ClientApps; cold: a fresh interpreter per ClientApp), both through client.fab_guard.
+
+    Both children die with this process, even on `kill -9` (PR_SET_PDEATHSIG). It forwards
+    SIGTERM/SIGINT; when the SuperNode ends it stops the executor. A SuperNode the SuperLink
+    refuses to activate (exit 305: key not registered, or its previous session still marked
+    online until Flower's heartbeat expires) is started again with backoff for
+    `activation_wait_s` seconds, saying so.
     """
+    import time
+
+    deadline = time.monotonic() + activation_wait_s
+    attempt = 0
+    while True:
+        code = _run_supernode_once(command, runtime_port, approved, cold)
+        if code != ACTIVATION_REFUSED:
+            return code
+        delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+        attempt += 1
+        if time.monotonic() + delay > deadline:
+            print(f"fedward: error: the SuperLink did not activate this node (Flower exit 305, reason above) for "
+                  f"{activation_wait_s:g} s; ask the operator whether this hospital's public key is registered "
+                  "(`flwr supernode ls`)", file=sys.stderr, flush=True)
+            return code
+        print(f"fedward: the SuperLink did not activate this node (Flower exit 305, reason above): either its key "
+              "is not registered, or this node's previous session is still marked online (Flower notices a "
+              f"stopped node after about 47 s without heartbeats); trying again in {delay:g} s "
+              f"(attempt {attempt + 1}, until {activation_wait_s:g} s have passed)", file=sys.stderr, flush=True)
+        time.sleep(delay)
+
+
+def _run_supernode_once(command: list[str], runtime_port: int, approved: tuple[str, ...], cold: bool) -> int:
     import signal
     import subprocess
-    import sys
 
-    node = subprocess.Popen([sys.executable, "-m", "client.fast_supernode", *command[1:], "--isolation", "process"])
+    from client.parent_death import die_with_parent
+
+    parent = os.getpid()
+
+    def tie() -> None:
+        die_with_parent(expected_parent=parent)
+
+    node_command = ([command[0], *command[1:]] if cold else
+                    [sys.executable, "-m", "client.fast_supernode", *command[1:]])
+    node = subprocess.Popen([*node_command, "--isolation", "process"], preexec_fn=tie,  # noqa: S603
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    refused = threading.Event()
+    relay = threading.Thread(target=_relay, args=(node.stdout, refused), daemon=True)
+    relay.start()
     executor = subprocess.Popen([
         sys.executable, "-m", "client.warm_executor",
         "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--parent-pid", str(node.pid),
-    ])
+        *(["--cold"] if cold else []), *(f"--approve-fab={sha}" for sha in approved),
+    ], preexec_fn=tie)  # noqa: S603
 
     def forward(signum: int, _frame: object) -> None:
         for child in (node, executor):
@@ -109,7 +156,17 @@ def run_warm_supernode(command: list[str], runtime_port: int) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     code = node.wait()
+    relay.join(timeout=5)
     if executor.poll() is None:
         executor.terminate()
         executor.wait(timeout=30)
-    return code
+    return ACTIVATION_REFUSED if code != 0 and refused.is_set() else code
+
+
+def _relay(output: IO[bytes], refused: threading.Event) -> None:
+    """Copy the SuperNode's output to ours, noting Flower's activation refusal."""
+    for line in output:
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+        if ACTIVATION_REFUSED_LINE.encode() in line:
+            refused.set()

@@ -31,13 +31,14 @@ def thread_names(pid: int) -> list[str]:
 def test_clientapp_is_forked_from_a_grpc_free_zygote_with_the_spec_token(tmp_path: Path, monkeypatch):
     record = tmp_path / "child.json"
 
-    def fake_run_clientapp(**kwargs):  # runs in the forked child
+    def fake_run_clientapp(approved, **kwargs):  # runs in the forked child
         parent = os.getppid()
         record.write_text(json.dumps({"pid": os.getpid(), "parent": parent, "parent_threads": thread_names(parent),
+                                      "approved": list(approved),
                                       **{k: kwargs[k] for k in ("token", "runtime_api_address")}}))
 
-    monkeypatch.setattr(warm_executor, "run_clientapp", fake_run_clientapp)
-    monkeypatch.setattr(warm_executor.ForkExecutor, "zygote", warm_executor.Zygote())
+    monkeypatch.setattr(warm_executor, "run_guarded_clientapp", fake_run_clientapp)
+    monkeypatch.setattr(warm_executor.ForkExecutor, "zygote", warm_executor.Zygote(("ab" * 32,)))
     # The executor then opens gRPC channels, as Flower's SuperExec loop does: threads appear.
     channel = grpc.insecure_channel("127.0.0.1:9")
     try:
@@ -54,6 +55,7 @@ def test_clientapp_is_forked_from_a_grpc_free_zygote_with_the_spec_token(tmp_pat
         time.sleep(0.01)
     child = json.loads(record.read_text())
     assert child["token"] == "tok-123" and child["runtime_api_address"] == "127.0.0.1:9"
+    assert child["approved"] == ["ab" * 32], "the ClientApp runs through client.fab_guard with the node's approvals"
     assert child["pid"] != os.getpid()
     # forked by the zygote, which holds no gRPC thread whose locks the child could inherit
     assert child["parent"] == warm_executor.ForkExecutor.zygote.pid
@@ -62,11 +64,25 @@ def test_clientapp_is_forked_from_a_grpc_free_zygote_with_the_spec_token(tmp_pat
     channel.close()
 
 
-def test_other_task_types_go_to_flowers_subprocess_launcher(monkeypatch):
+@pytest.mark.parametrize("executor", [warm_executor.ForkExecutor, warm_executor.ColdExecutor])
+def test_a_supernodes_executor_launches_nothing_but_a_clientapp(executor, monkeypatch):
+    """Flower's own launcher would start flwr-serverapp & co., which load app code from the
+    run's bundle; on a hospital's SuperNode only the guarded ClientApp is started."""
     launched = []
-    monkeypatch.setattr(warm_executor.SubprocessExecutor, "launch", lambda self, s: launched.append(s.task_type) or "stock")
-    assert warm_executor.ForkExecutor().launch(spec(TaskType.SERVER_APP, "t")) == "stock"
-    assert launched == [TaskType.SERVER_APP]
+    monkeypatch.setattr(warm_executor.subprocess, "Popen", lambda *a, **k: launched.append(a))
+    monkeypatch.setattr(warm_executor.SubprocessExecutor, "launch", lambda self, s: launched.append(s))
+    result = executor().launch(spec(TaskType.SERVER_APP, "t"))
+    assert result.status == LaunchResultStatus.FAILED and launched == []
+
+
+def test_the_cold_executor_starts_a_fresh_guarded_clientapp(monkeypatch):
+    launched = []
+    monkeypatch.setattr(warm_executor.subprocess, "Popen", lambda args, **k: launched.append(args))
+    result = warm_executor.ColdExecutor(("cd" * 32,)).launch(spec(TaskType.CLIENT_APP, "tok-9"))
+    assert result.status == LaunchResultStatus.ACCEPTED
+    (args,) = launched
+    assert args[:3] == [sys.executable, "-m", "client.fab_guard"] and "flwr-clientapp" not in " ".join(args)
+    assert args[args.index("--token") + 1] == "tok-9" and f"--approve-fab={'cd' * 32}" in args
 
 
 WARM_ZYGOTE = """

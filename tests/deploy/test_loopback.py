@@ -80,7 +80,7 @@ def test_unregistered_key_and_wrong_ca_are_refused(federation: LoopbackFederatio
     federation.register("cleveland")
     data = data_dir / "heart_disease_uci" / "processed.cleveland.data"
 
-    intruder = federation.start_node("intruder", data)
+    intruder = federation.start_node("intruder", data, False, "--activation-wait", "0")
     assert intruder.wait(timeout=90) != 0
     assert "Exit Code: 305" in federation.log("node-intruder")  # Failed to activate SuperNode
 

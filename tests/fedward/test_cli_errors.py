@@ -61,3 +61,25 @@ def test_truncated_wfdb_record_is_named(capsys, data_dir: Path, tmp_path: Path):
     (tmp_path / "ecg" / "100.dat").write_bytes(b"\x00" * 100)
     code, err = run(capsys, "--task", "sequence-rnn", "--data", str(tmp_path / "ecg"))
     assert code == 2 and "ecg/100:" in err, err
+
+
+def test_supernode_node_config_typo_is_a_message_and_the_help_names_real_keys(capsys, tmp_path: Path):
+    """`bad-files=skip` (text unquoted) crashed Flower's SuperNode with a parse traceback, and
+    the help suggested `skip-bad-files`, a key nothing reads."""
+    from deploy.certs import hospital_keys, init_ca_and_server
+    from fedward.cli import build_parser
+
+    init_ca_and_server(tmp_path / "certs", "localhost", [])
+    private, _ = hospital_keys(tmp_path / "keys", "va")
+    args = ["supernode", "--superlink", "127.0.0.1:9092", "--ca", str(tmp_path / "certs" / "ca.crt"),
+            "--key", str(private), "--hospital", "va", "--data", str(tmp_path), "--dry-run"]
+    assert main([*args, "--node-config", "bad-files=skip"]) == 2
+    err = capsys.readouterr().err
+    assert "--node-config 'bad-files=skip'" in err and "bad-files=\"skip\"" in err and "Traceback" not in err
+    assert main([*args, "--node-config", 'bad-files="skip"']) == 0
+    assert "bad-files=\"skip\"" in capsys.readouterr().out
+    supernode = build_parser()._subparsers._group_actions[0].choices["supernode"]  # noqa: SLF001
+    text = supernode.format_help()
+    assert "skip-bad-files" not in text and "bad-files=" in text
+    assert main([*args, "--approve-fab", "not-a-hash"]) == 2
+    assert "64 hex digits" in capsys.readouterr().err
