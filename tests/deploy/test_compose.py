@@ -57,6 +57,21 @@ def test_compose_file_is_valid_and_has_the_federation():
     assert "/state" in mounts(services["superlink"])
 
 
+
+def test_compose_keeps_the_control_api_on_the_superlinks_loopback():
+    """Only the Fleet port is published; the operator's one-shot services reach the control
+    API through the superlink container's own loopback, where certs init's SAN 127.0.0.1 covers it."""
+    services = yaml.safe_load(compose(PROJECT_ROOT / "docker-compose.yml", "config").stdout)["services"]
+    link = services["superlink"]
+    assert "--control-host" not in command(link) and "--control-port 9093" in command(link)
+    assert [str(p.get("target") if isinstance(p, dict) else p).split(":")[-1] for p in link["ports"]] == ["9092"]
+    for name in ("register", "run"):
+        assert services[name]["network_mode"] == "service:superlink", name
+    flwr_config = (PROJECT_ROOT / "deploy" / "compose" / "flwr-config.toml").read_text()
+    assert 'address = "127.0.0.1:9093"' in flwr_config
+    assert command(services["run"]).startswith("fedward run ")  # exits non-zero when the run fails
+
+
 def test_validator_rejects_an_unknown_key(tmp_path: Path):
     text = (PROJECT_ROOT / "docker-compose.yml").read_text().replace("restart: unless-stopped", "restrat: always", 1)
     broken = tmp_path / "docker-compose.yml"
