@@ -13,6 +13,7 @@ import datetime as dt
 import ipaddress
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,10 @@ def check_node_key(path: Path) -> None:
             f"{path}: a {type(key).__name__.replace('_', '')} key; SuperNode authentication needs an EC key "
             "(create one with `fedward certs hospital NAME`)"
         )
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise FedwardError(f"{path}: readable by others (mode 0{mode:o}); a private key must be mode 0600: "
+                           f"chmod 600 {path}")
 
 
 def _load_cert(path: Path) -> x509.Certificate:

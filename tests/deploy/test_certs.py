@@ -64,6 +64,19 @@ def test_rsa_node_key_is_refused_with_the_file_named(tmp_path: Path):
         check_node_key(path)
 
 
+def test_node_key_readable_by_others_is_refused_with_the_fix(tmp_path: Path, capsys):
+    private, _ = hospital_keys(tmp_path, "va")
+    check_node_key(private)  # as created: 0600
+    for mode in (0o640, 0o604):
+        private.chmod(mode)
+        with pytest.raises(FedwardError, match=rf"{private}: readable by others \(mode 0{mode:o}\).*: chmod 600 {private}$"):
+            check_node_key(private)
+    init_ca_and_server(tmp_path / "certs", "localhost", [])
+    code = main(["supernode", "--superlink", "127.0.0.1:9092", "--ca", str(tmp_path / "certs" / "ca.crt"),
+                 "--key", str(private), "--hospital", "va", "--data", str(tmp_path), "--dry-run"])
+    assert code == 2 and f"chmod 600 {private}" in capsys.readouterr().err
+
+
 def test_expired_server_certificate_is_refused(tmp_path: Path):
     paths = init_ca_and_server(tmp_path, "localhost", [])
     ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
