@@ -131,7 +131,8 @@ def _problem(msg: Message, ref: dict[str, np.ndarray], train: bool) -> str | Non
     content = msg.content
     refusal = content.config_records.get("refusal")
     if refusal is not None:
-        return f"refused: {refusal.get('reason', '?')} ({refusal.get('detail', '')})"
+        detail = refusal.get("detail", "")
+        return f"refused: {refusal.get('reason', '?')}" + (f" ({detail})" if detail else "")
     if len(content.metric_records) != 1 or "num-examples" not in next(iter(content.metric_records.values())):
         return "reply needs exactly one MetricRecord with num-examples"
     if not train:
