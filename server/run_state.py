@@ -43,8 +43,9 @@ def start(config: RunConfig) -> RunState:
         return resume(out_dir)
     if (out_dir / "metrics.jsonl").exists() or (out_dir / RUN_FILE).exists():
         raise FedwardError(
-            f"{out_dir} already holds a run; choose another out-dir, or continue it with "
-            f"resume=true (fedward simulate --resume {out_dir})"
+            f"{out_dir} already holds a run; choose another out-dir, or continue it by adding resume=true "
+            "to the run config (a deployment: the same `fedward run` command; a simulation: "
+            "`fedward simulate --resume` with that folder)"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(run_id=uuid.uuid4().hex, config=config)

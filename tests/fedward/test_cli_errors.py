@@ -83,3 +83,17 @@ def test_supernode_node_config_typo_is_a_message_and_the_help_names_real_keys(ca
     assert "skip-bad-files" not in text and "bad-files=" in text
     assert main([*args, "--approve-fab", "not-a-hash"]) == 2
     assert "64 hex digits" in capsys.readouterr().err
+
+
+def test_a_deployment_run_into_a_used_folder_says_how_to_continue_it_there(tmp_path: Path):
+    """What the ServerApp says when out-dir holds a run: resume=true with `fedward run`, not the
+    simulation command."""
+    from common.config import RunConfig
+    from common.errors import FedwardError
+    from server import run_state
+
+    run_state.start(RunConfig(out_dir=str(tmp_path)))
+    with pytest.raises(FedwardError) as refused:
+        run_state.start(RunConfig(out_dir=str(tmp_path)))
+    assert "resume=true" in str(refused.value) and "`fedward run`" in str(refused.value)
+    assert f"fedward simulate --resume {tmp_path}" not in str(refused.value)
