@@ -43,7 +43,7 @@ def scaled_by_100(msg: Message, reply: Message) -> Message:
 def run(tmp_path: Path, data_dir: Path, faults) -> dict:  # type: ignore[no-untyped-def]
     config = RunConfig(data_path=str(data_dir / "heart_disease_uci"), partition="iid", num_server_rounds=3,
                        min_hospitals=5, out_dir=str(tmp_path))
-    nodes = [{"partition-id": i, "num-partitions": 5} for i in range(5)]
+    nodes = [{"partition-id": i, "num-partitions": 5, "reproducible-noise": True} for i in range(5)]
     run_federation(InProcessGrid(app, nodes, faults), config)
     return json.loads((tmp_path / "model_card.json").read_text())
 
