@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -114,24 +113,34 @@ class RunRecorder:
 
 # -------------------------------------------------------------- checkpoints
 def save_checkpoint(out_dir: Path, server_round: int, arrays: ArrayRecord, strategy: Strategy) -> Path:
-    """Weights, round number and strategy state, written atomically."""
-    state = {
-        name: getattr(strategy, name) for name in STRATEGY_STATE if hasattr(strategy, name)
-    }
-    payload = {
-        "round": server_round,
-        "arrays": {k: a.numpy() for k, a in arrays.items()},
-        "strategy": type(strategy).__name__,
-        "strategy_state": state,
-    }
-    path = out_dir / "checkpoints" / f"round-{server_round:04d}.pkl"
+    """Weights, round number and strategy state (FedOpt's arrays and moments), written atomically
+    as one .npz read back without pickle: `arrays/KEY`, `state/NAME/KEY`, and a JSON `meta`."""
+    state = {name: getattr(strategy, name) for name in STRATEGY_STATE if hasattr(strategy, name)}
+    members = {f"arrays/{k}": a.numpy() for k, a in arrays.items()}
+    for name, value in state.items():
+        members.update({f"state/{name}/{k}": np.asarray(v) for k, v in (value or {}).items()})
+    meta = {"round": server_round, "strategy": type(strategy).__name__,
+            "state": {name: value is not None for name, value in state.items()}}
+    path = out_dir / "checkpoints" / f"round-{server_round:04d}.npz"
     tmp = path.with_suffix(".tmp")
     with tmp.open("wb") as handle:
-        pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        np.savez(handle, meta=np.array(json.dumps(meta)), **members)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     return path
+
+
+def load_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:
+    """(round, weights, strategy state) of a checkpoint written by `save_checkpoint`."""
+    with np.load(path, allow_pickle=False) as saved:
+        meta = json.loads(str(saved["meta"]))
+        arrays = {n[len("arrays/"):]: saved[n] for n in saved.files if n.startswith("arrays/")}
+        state: dict[str, Any] = {}
+        for name, present in meta["state"].items():
+            prefix = f"state/{name}/"
+            state[name] = {n[len(prefix):]: saved[n] for n in saved.files if n.startswith(prefix)} if present else None
+    return int(meta["round"]), arrays, state
 
 
 def save_final_model(out_dir: Path, arrays: ArrayRecord) -> Path:

@@ -2,8 +2,8 @@
 
 A new run writes `run.json` (its fedward run id and settings) before round 1.
 `resume=true` (CLI: `--resume RUN_DIR`) reads it back, loads the newest
-`checkpoints/round-NNNN.pkl` (written atomically after a round completed: weights,
-round, strategy state such as FedAdam's moments), and cuts metrics.jsonl and
+`checkpoints/round-NNNN.npz` (written atomically after a round completed: weights,
+round, strategy state such as FedAdam's moments; read back without pickle), and cuts metrics.jsonl and
 rejections.jsonl back to the rounds that checkpoint covers, so the resumed run
 continues the numbering without duplicates. The run id stays the same, which
 lets the hospitals' ledgers recognise a replayed round.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
 from common.errors import FedwardError
+from server.records import load_checkpoint
 
 RUN_FILE = "run.json"
 
@@ -66,11 +66,14 @@ def resume(out_dir: Path) -> RunState:
     state = RunState(run_id=run_id, config=config)
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is not None:
-        with checkpoint.open("rb") as handle:
-            payload = pickle.load(handle)
-        state.completed_round = int(payload["round"])
-        state.arrays = ArrayRecord({k: Array(v) for k, v in payload["arrays"].items()})
-        state.strategy_state = dict(payload["strategy_state"])
+        try:
+            completed, arrays, strategy_state = load_checkpoint(checkpoint)
+        except (OSError, ValueError, KeyError) as err:
+            raise FedwardError(f"cannot resume {out_dir}: checkpoint {checkpoint} is damaged ({err}); "
+                               "delete it to resume from the one before") from None
+        state.completed_round = completed
+        state.arrays = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        state.strategy_state = strategy_state
     for name in ("metrics.jsonl", "rejections.jsonl"):
         truncate_after(out_dir / name, state.completed_round)
     for stale in ("model_card.json", "final_model.pt", "report.png"):
@@ -84,7 +87,7 @@ def restore_strategy(strategy: Strategy, state: dict[str, Any]) -> None:
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = sorted((out_dir / "checkpoints").glob("round-*.pkl"))
+    found = sorted((out_dir / "checkpoints").glob("round-*.npz"))
     return found[-1] if found else None
 
 

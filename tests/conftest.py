@@ -71,7 +71,7 @@ def assert_run_directory(run_dir: Path, rounds: int) -> dict:
     for server_round in range(1, rounds + 1):
         splits = {(r["hospital"], r["split"]) for r in rows if r["round"] == server_round}
         assert ("all", "train") in splits and ("all", "evaluate") in splits
-        assert (run_dir / "checkpoints" / f"round-{server_round:04d}.pkl").is_file()
+        assert (run_dir / "checkpoints" / f"round-{server_round:04d}.npz").is_file()
     assert (run_dir / "final_model.pt").is_file()
     assert (run_dir / "report.png").stat().st_size > 1000
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -141,7 +141,7 @@ def test_server_killed_and_resumed_then_a_hospital_killed_the_run_completes(
     out = tmp_path / "run"
     settings = f'data-path="" num-server-rounds=3 epsilon=3.0 min-hospitals=2 round-timeout=20 out-dir="{out}"'
     run = federation.run(settings)
-    wait_for(out / "checkpoints" / "round-0001.pkl", run, federation)
+    wait_for(out / "checkpoints" / "round-0001.npz", run, federation)
     time.sleep(1.0)  # round 2 is under way at the hospitals
     federation.stop("superlink")  # the server machine dies: SuperLink and its ServerApp process
     federation.stop("run")
@@ -150,7 +150,7 @@ def test_server_killed_and_resumed_then_a_hospital_killed_the_run_completes(
     federation.start_superlink()  # same state database; the SuperNodes reconnect by themselves
     federation.wait_online(3, timeout=180)
     run = federation.run(f"{settings} resume=true")
-    wait_for(out / "checkpoints" / "round-0002.pkl", run, federation)
+    wait_for(out / "checkpoints" / "round-0002.npz", run, federation)
     federation.stop("node-va")  # a hospital dies during round 3
     finish(federation, run, timeout=300)
     assert "resuming run" in federation.log("run")

@@ -95,7 +95,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(three_rounds: Path, tm
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not (out / "checkpoints" / "round-0001.pkl").exists():
+        while not (out / "checkpoints" / "round-0001.npz").exists():
             assert proc.poll() is None and time.monotonic() < deadline, "the run died before round 1 ended"
             time.sleep(0.05)
     finally:  # killed as round 2 starts (a round here takes a few seconds)

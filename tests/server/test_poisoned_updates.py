@@ -6,7 +6,6 @@ process over tests.inprocess_grid; faults are applied to the replies on the wire
 """
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from flwr.app import Array, ArrayRecord, Message
 from client.app import app
 from common.config import RunConfig
 from server.federation import run_federation
+from server.records import load_checkpoint
 from tests.inprocess_grid import InProcessGrid
 
 
@@ -74,7 +74,6 @@ def test_a_round_with_too_few_replies_is_skipped_and_the_model_kept(tmp_path: Pa
     card = json.loads((tmp_path / "model_card.json").read_text())
     assert [(s["round"], s["split"]) for s in card["rounds_skipped"]] == [(1, "train"), (2, "train")]
     assert "min-replies=3" in card["rounds_skipped"][0]["reason"]
-    with (tmp_path / "checkpoints" / "round-0001.pkl").open("rb") as handle:
-        first = pickle.load(handle)["arrays"]
+    _, first, _ = load_checkpoint(tmp_path / "checkpoints" / "round-0001.npz")
     final = torch.load(tmp_path / "final_model.pt")
     assert all(np.array_equal(first[k], final[k].numpy()) for k in first), "the global model was kept"
