@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="each virtual hospital trains its local-only and personalised models after the last round "
                           "and shares their scores (node config benefit-report, share-benefit); the run adds the "
                           "pooled model and a cross-site matrix: benefit.csv, benefit.png, cross_site.csv, card `benefit`")
+    sim.add_argument("--init-weights", type=Path, metavar="PATH",
+                     help="start the global model from this state dict (.pt/.pth/.npz, e.g. a pretrained "
+                          "network or an earlier run's final_model.pt); loaded strictly, its SHA-256 in the card")
     sim.add_argument("--out", help="run directory (default: runs/<time>-<task>)")
     sim.add_argument("--cpus-per-hospital", type=float, default=2.0)
     sim.add_argument("--gpus-per-hospital", type=float, default=0.0)
@@ -134,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "out-dir=\"/srv/fedward/runs/r1\"'")
     launch_run.add_argument("--timeout", type=float, default=86400.0, help="give up following after SECONDS")
 
+    benefit = commands.add_parser("benefit", help="a hospital's benefit report: local-only, global, personalised")
+    benefit_view = benefit.add_subparsers(dest="benefit_command", required=True)
+    benefit_show = benefit_view.add_parser("show", help="print the hospital's benefit table(s)")
+    benefit_show.add_argument("--dir", type=Path, required=True,
+                              help="the hospital's benefit-dir (node config), or a `fedward simulate --benefit` run")
+    benefit_show.add_argument("--json", action="store_true")
+
     ledger = commands.add_parser("ledger", help="a hospital's privacy ledger: budget, spent, per-run epsilon")
     view = ledger.add_subparsers(dest="ledger_command", required=True)
     for name, text in (("show", "print the ledger (a table, or --json)"), ("export", "write a CSV")):
@@ -156,13 +166,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise FedwardError(f"--data is required for task {args.task}: pass a file or folder")
     if not data.startswith("builtin:"):
         data = str(Path(data).expanduser().resolve())
-    benefit = commands.add_parser("benefit", help="a hospital's benefit report: local-only, global, personalised")
-    benefit_view = benefit.add_subparsers(dest="benefit_command", required=True)
-    benefit_show = benefit_view.add_parser("show", help="print the hospital's benefit table(s)")
-    benefit_show.add_argument("--dir", type=Path, required=True,
-                              help="the hospital's benefit-dir (node config), or a `fedward simulate --benefit` run")
-    benefit_show.add_argument("--json", action="store_true")
-
     out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{args.task}"
     return RunConfig(
         task=args.task, data_path=data, partition=args.partition, num_server_rounds=args.rounds,
@@ -175,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         secure_aggregation=args.secure_aggregation,
         central_dp_noise=args.central_dp_noise, central_dp_clip=args.central_dp_clip,
         fused_rounds=not args.separate_evaluate, out_dir=str(Path(out).resolve()),
+        init_weights=str(args.init_weights.expanduser().resolve()) if args.init_weights else "",
     )
 
 
@@ -185,7 +189,11 @@ def check_before_start(config: RunConfig, hospitals: int) -> None:
 
     config.validate()
     data = load_data(config)
-    get_task(config.task).build_model(data.input_shape, data.num_classes, config)  # e.g. --model
+    model = get_task(config.task).build_model(data.input_shape, data.num_classes, config)  # e.g. --model
+    if config.init_weights:
+        from server.init_weights import apply_init_weights, read_init_weights
+
+        apply_init_weights(model, read_init_weights(config.init_weights))
     for hospital in range(hospitals):
         partition_index(data.train, config.partition_spec, hospitals, hospital, config.seed)
     if (Path(config.out_dir) / "metrics.jsonl").exists():
@@ -382,10 +390,10 @@ def print_summary(card: dict, out_dir: Path) -> None:
     fed = final.get("federated_evaluation") or {}
     print("\n== fedward summary ==")
     print(f"task {card['task']} | strategy {card['strategy']} | rounds {card['rounds']}")
-    print(f"federated test accuracy {_fmt(fed.get('accuracy'))} | AUROC {_fmt(fed.get('auroc'))}")
+    print(f"federated (hospitals' held-out splits): {_headline(fed)}")
     central = final.get("central_evaluation")
     if central:
-        print(f"central test accuracy {_fmt(central.get('accuracy'))} | AUROC {_fmt(central.get('auroc'))}")
+        print(f"central test split: {_headline(central)}")
     for key in ("tstr-accuracy", "trtr-accuracy"):
         if key in final:
             print(f"{key} {_fmt(final[key])}")
@@ -396,9 +404,21 @@ def print_summary(card: dict, out_dir: Path) -> None:
         print(f"central DP (hospital-level) epsilon {_fmt(cdp['epsilon'])} at delta {cdp['delta']:g}, "
               f"{cdp['releases']} noisy rounds; the per-hospital epsilon below is sample-level")
     for name, info in card["hospitals"].items():
-        print(f"  {name:<14} epsilon spent {_fmt(info['epsilon_spent'])} | "
-              f"test accuracy {_fmt((info['final_test_metrics'] or {}).get('accuracy'))}")
+        print(f"  {name:<14} epsilon spent {_fmt(info['epsilon_spent'])} | {_headline(info['final_test_metrics'] or {})}")
+    if card.get("benefit"):
+        from common.benefit import format_table
+
+        print("benefit per hospital (its held-out split; differences to local-only with a bootstrap 95% interval):")
+        print(format_table(card["benefit"]["hospitals"]))
+        print(f"  ({out_dir}/benefit.csv, benefit.png" + (", cross_site.csv" if card["benefit"].get("cross_site") else "")
+              + "; each hospital's models in its benefit-dir)")
     print(f"report: {out_dir} (metrics.jsonl, model_card.json, report.png, final_model.pt)")
+
+
+def _headline(scores: dict) -> str:
+    """Balanced accuracy and AUROC first; accuracy beside always answering the most common class."""
+    return (f"balanced accuracy {_fmt(scores.get('balanced_accuracy'))} | AUROC {_fmt(scores.get('auroc'))} | "
+            f"accuracy {_fmt(scores.get('accuracy'))} (majority class {_fmt(scores.get('majority_baseline'))})")
 
 
 def _fmt(value: float | None) -> str:
@@ -418,21 +438,14 @@ def main(argv: list[str] | None = None) -> int:
             from fedward.operator_run import run
 
             return run(args.app, args.federation, args.run_config, args.timeout)
+        if args.command == "benefit":
+            from fedward.benefit_view import show as show_benefit
+
+            print(show_benefit(args.dir, args.json))
+            return 0
         if args.command == "ledger":
             return ledger(args)
     except FedwardError as err:
         print(f"fedward: error: {err}", file=sys.stderr)
         return 2
     return 1
-    if card.get("benefit"):
-        from common.benefit import format_table
-
-        print("benefit per hospital (its held-out split; differences to local-only with a bootstrap 95% interval):")
-        print(format_table(card["benefit"]["hospitals"]))
-        print(f"  ({out_dir}/benefit.csv, benefit.png" + (", cross_site.csv" if card["benefit"].get("cross_site") else "")
-              + "; each hospital's models in its benefit-dir)")
-        if args.command == "benefit":
-            from fedward.benefit_view import show as show_benefit
-
-            print(show_benefit(args.dir, args.json))
-            return 0
