@@ -167,7 +167,7 @@ def main() -> None:
         table,
         ["method", "epsilon", "seed", "accuracy", "accuracy_sd", "macro_f1", "macro_f1_sd", "auroc", "always_N",
          "recall_N", "recall_S", "recall_V", "recall_F", "recall_Q", "epsilon_spent", "seconds"],
-        notes=f"LSTM (hidden 32), {args.rounds} rounds of 1 local epoch (centralised: {args.rounds} epochs); "
+        notes=f"the task's default sequence model (cnn-lstm since issue 18; LSTM hidden 32 before), {args.rounds} rounds of 1 local epoch (centralised: {args.rounds} epochs); "
               f"FedAvg over {HOSPITALS} hospitals formed by patient. Privacy unit of the DP rows: "
               + ("the patient (a step samples patients; each patient's mean gradient over at most "
                  "records-per-patient of its beats is clipped). " if args.unit == "patient" else

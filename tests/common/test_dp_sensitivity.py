@@ -36,6 +36,7 @@ CASES = {  # task, model, one input's shape, classes
     "image-cnn": ("image-cnn", "", (1, 16, 16), 3),
     "sequence-lstm": ("sequence-rnn", "lstm", (20, 4), 5),
     "sequence-gru": ("sequence-rnn", "gru", (20, 4), 5),
+    "sequence-cnn-lstm": ("sequence-rnn", "", (20, 4), 5),  # the task's default model
     "image-gan": ("image-gan", "", (1, 16, 16), 2),
 }
 

@@ -9,7 +9,7 @@ read, the same at every hospital and on the server:
 - heart disease: clinical reference values of each column (centre, spread), from the
   features' definitions in the UCI description, not from the data;
 - fedward's built-in breast-cancer data: the published ranges of its documentation
-  (scikit-learn's description of the public WDBC data), mapped to [-1, 1];
+  (scikit-learn's description of the public WDBC data), mapped to [-3, 3];
 - any other table: sign(x) log(1 + |x|), which brings counts and laboratory values of
   any magnitude within a few units without looking at other rows.
 """
@@ -59,5 +59,6 @@ def published_ranges(description: str, count: int) -> tuple[np.ndarray, np.ndarr
 
 
 def range_scale(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """[low, high] -> [-1, 1]."""
-    return (2 * (x - low) / np.maximum(high - low, 1e-12) - 1).astype(np.float32)
+    """[low, high] -> [-3, 3]: centred on the range's middle, in units of range / 6, the spread a
+    range of a few hundred roughly normal values suggests (so features land near unit scale)."""
+    return (6 * (x - low) / np.maximum(high - low, 1e-12) - 3).astype(np.float32)
