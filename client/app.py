@@ -210,8 +210,7 @@ def _evaluate_message(content: RecordDict, context: Context) -> RecordDict:
     try:
         metrics = _evaluate(task, model, config, hospital, context)  # its limits bound a shared report too
     finally:  # after the last round, benefit-report=true: local-only and personalised models, kept here
-        shared = final_benefit(content["config"], node_settings(context.node_config), task, model, config, hospital,
-                               pick_device())
+        shared = final_benefit(content["config"], context, task, model, config, hospital, pick_device())
     reply = _reply(hospital, metrics)
     if shared is not None:  # share-benefit=true: the scores, no model; a ConfigRecord beside the one MetricRecord
         reply["benefit"] = ConfigRecord(shared)

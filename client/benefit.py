@@ -42,9 +42,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import ConfigRecord, Context
 from scipy.stats import rankdata
 
-from client.hospital import HospitalData
+from client.hospital import HospitalData, node_settings
 from client.node_privacy import default_ledger
 from common.benefit import COMPARED, METRICS, MODELS, OK, difference_keys, score_key, write_csv
 from common.calibration import cross_fitted
@@ -57,6 +58,7 @@ from common.training import predict_proba
 MIN_HELD_OUT = 10  # fewer held-out records: a clear line in the table instead of figures
 BOOTSTRAP = 1000
 REPORT, TABLE = "benefit.json", "benefit.csv"
+_DONE = "fedward-benefit"  # context.state: this Flower run's report
 MODEL_FILES = {"local_only": "local_only.npz", "global": "global.npz", "personalised": "personalised.npz"}
 
 
@@ -240,16 +242,26 @@ def shared_record(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def final_benefit(
-    sent: Mapping[str, Any], node_config: Mapping[str, object], task: Task, global_model: torch.nn.Module,
+    sent: Mapping[str, Any], context: Context, task: Task, global_model: torch.nn.Module,
     config: RunConfig, hospital: HospitalData, device: torch.device,
 ) -> dict[str, Any] | None:
     """At the last evaluation of a run, with benefit-report=true: the report, kept at the hospital.
-    Returns what may be sent (share-benefit=true), else None."""
-    settings = benefit_settings(node_config)
+    Returns what may be sent (share-benefit=true), else None.
+
+    One report per Flower run (the node's context remembers it, whatever fedward run id or
+    round a server names next) and per fedward run id (a resumed run gets the saved one)."""
+    settings = benefit_settings(node_settings(context.node_config))
     if not settings.report or not is_last_evaluation(sent, config):
         return None
-    row = benefit_report(task, global_model, config, hospital, settings, str(sent.get("fedward-run-id", "run")),
-                         device)
-    print(f"hospital {hospital.name}: benefit report in {run_folder(settings, hospital.name, str(sent.get('fedward-run-id', 'run')))}"
+    done = context.state.config_records.get(_DONE)
+    if done is not None:
+        folder = Path(str(done["folder"]))
+        row = dict(json.loads((folder / REPORT).read_text())["row"])
+    else:
+        run_id = str(sent.get("fedward-run-id", "run"))
+        folder = run_folder(settings, hospital.name, run_id)
+        row = benefit_report(task, global_model, config, hospital, settings, run_id, device)
+        context.state.config_records[_DONE] = ConfigRecord({"folder": str(folder)})
+    print(f"hospital {hospital.name}: benefit report in {folder}"
           + ("" if settings.share else " (not shared: share-benefit=false)"), flush=True)
     return shared_record(row) if settings.share else None

@@ -172,3 +172,30 @@ def test_a_hospital_with_too_few_held_out_records_gets_a_line_not_a_crash(data_d
     own = json.loads(next((tmp_path / "switzerland").rglob(REPORT)).read_text())["row"]
     assert own["status"] == table["switzerland"]["status"]
     assert not list((tmp_path / "switzerland").rglob("*.npz"))
+
+
+def test_a_server_asking_again_under_another_run_id_gets_the_same_report_not_a_new_training(
+        data_dir: Path, tmp_path: Path):
+    """A curious server re-sends the 'final' evaluation with another model and another fedward
+    run id: within one Flower run the hospital answers with the report it already made."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+
+    from tests.client.test_client_app import message
+
+    config = RunConfig(data_path=str(data_dir / "heart_disease_uci"), partition="natural", num_server_rounds=2,
+                       dp=False)
+    context = Context(run_id=1, node_id=7, state=RecordDict(), run_config={}, node_config={
+        "partition-id": 0, "num-partitions": 4, "benefit-report": True, "share-benefit": True,
+        "benefit-dir": str(tmp_path)})
+    shape = hospital_data(config, {"partition-id": 0, "num-partitions": 4}).input_shape
+    replies = []
+    for run_id, seed in (("first", 0), ("second", 1)):
+        torch.manual_seed(seed)
+        arrays = ArrayRecord(get_task("tabular").build_model(shape, 2, config).state_dict())
+        msg = message("evaluate", arrays, config, server_round=2)
+        msg.content["config"] = ConfigRecord({**msg.content["config"], "fedward-run-id": run_id})
+        reply = app(msg, context)
+        assert not reply.has_error(), reply.error
+        replies.append(dict(reply.content["benefit"]))
+    assert replies[0] == replies[1]
+    assert [p.parent.name for p in tmp_path.rglob(REPORT)] == ["first"]
