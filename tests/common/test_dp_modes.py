@@ -171,3 +171,24 @@ def test_gan_discriminator_trains_in_layers_mode():
     assert outcome.steps > 0 and math.isfinite(outcome.loss)
     assert any(not torch.equal(a, b) for a, b in zip(generator_before, model.generator.parameters(), strict=True))
     assert all("forward" not in m.__dict__ for m in model.discriminator.modules()), "own forwards restored"
+
+
+@pytest.mark.parametrize("case", ["image-cnn", "lstm", "conv1d-layernorm"])
+def test_a_patients_gradient_is_the_mean_of_its_samples_gradients(case: str):
+    """Patient-level DP clips one gradient per patient: the mean of that patient's samples' own
+    gradients (computed one at a time here), whatever order the samples come in."""
+    from common.training import per_unit_gradients
+
+    model, loss_of, inputs = _layer_models()[case]
+    expected = _one_at_a_time(model, loss_of, inputs)
+    owner = torch.tensor([1, 0, 1, 2, 1])  # patient 1 has samples 0, 2 and 4
+    model.zero_grad(set_to_none=True)
+    with per_sample_layers(model):
+        loss_of(model, inputs, slice(None)).backward()
+        params = [p for p in model.parameters() if p.requires_grad]
+        per_unit_gradients(params, owner, 3)
+    for name, param in model.named_parameters():
+        assert param.grad_sample.shape[0] == 3, name
+        for patient in range(3):
+            mine = [expected[i][name] for i in range(5) if owner[i] == patient]
+            assert torch.allclose(param.grad_sample[patient], torch.stack(mine).mean(0), atol=1e-5, rtol=1e-4)
