@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--lr", type=float, default=0.0, help="local learning rate (0: the task's default)")
     sim.add_argument("--model", default="", help="tabular: logreg|mlp; sequence-rnn: lstm|gru")
     sim.add_argument("--no-class-weighting", action="store_true",
-                     help="plain loss instead of the class-weighted one")
+                     help="plain loss instead of the class-weighted one (without DP; under DP no loss is weighted)")
+    sim.add_argument("--records-per-patient", type=int, default=16,
+                     help="DP per patient: at most this many of a sampled patient's samples per step")
     sim.add_argument("--no-prior-correction", action="store_true",
                      help="evaluate the global model as is, not adapted to each hospital's label prior")
     sim.add_argument("--test-fraction", type=float, default=0.25,
@@ -173,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         max_grad_norm=args.max_grad_norm, local_epochs=args.local_epochs,
         batch_size=args.batch_size, lr=args.lr, model=args.model, image_size=args.image_size,
         max_samples=args.max_samples, class_weighting=not args.no_class_weighting,
+        records_per_patient=args.records_per_patient,
         prior_correction=not args.no_prior_correction,
         test_fraction=args.test_fraction, min_hospitals=args.hospitals, seed=args.seed, bad_files=args.bad_files,
         secure_aggregation=args.secure_aggregation,
