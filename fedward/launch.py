@@ -87,7 +87,8 @@ def _binary(name: str) -> str:
 
 
 ACTIVATION_REFUSED = 305  # returned by _run_supernode_once when Flower's SuperNode printed ...
-ACTIVATION_REFUSED_LINE = "Exit Code: 305"  # ... its SUPERNODE_CONNECTION_ERROR (its process exits 1)
+ACTIVATION_REFUSED_LINE = "Failed to activate SuperNode"  # ... this reason for its exit 305 (process exits 1);
+# other 305s (TLS verification, no route) are not retried: they are not this node's stale session
 RETRY_DELAYS_S = (5.0, 10.0, 20.0, 30.0)
 
 

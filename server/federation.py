@@ -221,9 +221,13 @@ def _data_spec(grid: Grid, config: RunConfig) -> tuple[TaskData | None, tuple[in
     replies = send_and_receive(grid, queries, config.round_timeout, until_first=True)
     good = [r for r in replies if not r.has_error()]
     if not good:
-        reasons = "; ".join(r.error.reason for r in replies) or "no reply"
-        raise FedwardError(f"could not learn the data shape from any of {len(nodes)} hospitals "
-                           f"within round-timeout={config.round_timeout:g} s: {reasons}")
+        reasons = "; ".join(r.error.reason for r in replies)
+        silent = len(nodes) - len(replies)
+        what = ", ".join(part for part in (f"{len(replies)} answered with an error" if replies else "",
+                                           f"{silent} did not answer within round-timeout="
+                                           f"{config.round_timeout:g} s" if silent else "") if part)
+        raise FedwardError(f"could not learn the data shape from any of {len(nodes)} hospitals ({what})"
+                           + (f": {reasons}" if reasons else ""))
     spec = next(iter(good[0].content.metric_records.values()))
     shape = tuple(int(d) for d in spec["input-shape"])  # type: ignore[union-attr]
     return None, shape, int(spec["num-classes"])  # type: ignore[arg-type]

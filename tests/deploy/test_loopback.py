@@ -92,6 +92,7 @@ def test_unregistered_key_and_wrong_ca_are_refused(federation: LoopbackFederatio
                             "--max-retries", "1")
     assert node.wait(timeout=120) != 0
     assert "CERTIFICATE_VERIFY_FAILED" in federation.log("node-wrong-ca")
+    assert "trying again" not in federation.log("node-wrong-ca"), "a TLS failure is not retried as a stale session"
     assert federation.online_nodes() == 0
 
 

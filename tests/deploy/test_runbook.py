@@ -213,8 +213,9 @@ def test_the_runbook_as_written_on_loopback(deployment: Deployment, tmp_path: Pa
     assert not marker.exists(), "the bundle's own ClientApp ran at a hospital"
     for name in HOSPITALS:
         assert "refused the run's app bundle" in d.log(f"node-{name}") and "'steal:app'" in d.log(f"node-{name}")
-    if hostile_out.is_dir():
-        assert json.loads((hostile_out / "run-status.json").read_text())["completed"] is False
+    hostile_status = json.loads((hostile_out / "run-status.json").read_text())
+    assert hostile_status["completed"] is False
+    assert "(3 answered with an error)" in hostile_status["details"], "a true reason, not a timeout"
 
     # Item 6: kill -9 of fedward supernode takes Flower's SuperNode and the executor with it ...
     wrapper = d.background["node-va"]
