@@ -53,6 +53,11 @@ def test_compose_file_is_valid_and_has_the_federation():
         keys.add(line.split("--key ")[1].split()[0])
         data.update(src for target, src in mounts(service).items() if target.startswith("/data/"))
     assert len(keys) == 3 and len(data) == 3  # each hospital: its own key and its own data
+    ledgers = set()
+    for service in hospitals.values():  # each keeps its privacy ledger on a volume of its own
+        ledger = command(service).split("--ledger ")[1].split()[0]
+        ledgers.add(mounts(service)[str(Path(ledger).parent)])
+    assert len(ledgers) == 3
     assert all(path.startswith("/srv/data/heart_disease_uci/") for path in data)
     assert "/state" in mounts(services["superlink"])
 
