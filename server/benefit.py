@@ -54,8 +54,15 @@ def card_section(rows: list[dict[str, Any]], extra: dict[str, Any] | None = None
     keys = [score_key(m, k) for m in MODELS + POOLED for k in METRICS] + \
         [difference_keys(m, k)[0] for m in COMPARED for k in METRICS]
     mean = {k: _mean([r.get(k) for r in with_figures]) for k in keys if any(k in r for r in with_figures)}
-    return {"hospitals": rows, "mean_over_hospitals": mean, "hospitals_with_figures": len(with_figures),
-            **(extra or {})}
+    return {"hospitals": [{k: _finite(v) for k, v in r.items()} for r in rows], "mean_over_hospitals": mean,
+            "hospitals_with_figures": len(with_figures),
+            **{k: [{c: _finite(v) for c, v in cell.items()} for cell in v] if k == "cross_site" else v
+               for k, v in (extra or {}).items()}}
+
+
+def _finite(value: Any) -> Any:
+    """NaN (e.g. AUROC on a one-class held-out split) as null: the card stays strict JSON."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _mean(values: list[Any]) -> float | None:
