@@ -216,8 +216,9 @@ def fit_classifier(
     weight = class_weights(data.y, num_classes).to(device) if config.class_weighting else None
     criterion = nn.CrossEntropyLoss(weight=weight)
     total, steps, seen = 0.0, 0, 0
+    loader = make_loader(data, config.batch_size, round_seed)
     for _ in range(config.local_epochs):
-        for x, y in make_loader(data, config.batch_size, round_seed):
+        for x, y in loader:
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(x), y)

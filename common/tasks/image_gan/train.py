@@ -4,10 +4,12 @@ The discriminator's loss is the mean over real images plus the mean over generat
 ones. Its real part is private: each privacy unit's (record's, or patient's) per-sample
 gradient is clipped, summed, noised and divided by the expected batch size, exactly as
 for a classifier (common/training.py). Its generated part touches no private data: a
-fixed number (`batch-size`) of generated images, whose plain gradient is added to the
-noised one before the optimiser's step. So the clipped sum holds real images only, and
-one unit moves it by at most C; the generated images' count does not follow the real
-batch's (Poisson) size. The generator's step uses `batch-size` generated images too and
+fixed number (`batch-size`) of generated images, each image's gradient clipped to the
+same C (so real and generated images pull with the same strength, as when Opacus clips
+a real and a generated image together) and averaged, added to the noised real part
+before the optimiser's step. So the clipped sum holds real images only, and one unit
+moves it by at most C; the generated images' count does not follow the real batch's
+(Poisson) size. The generator's step uses `batch-size` generated images too and
 learns only from the DP discriminator (post-processing).
 """
 
@@ -45,8 +47,9 @@ def train_gan(
     size = config.batch_size
     if dp is None:
         steps, total, seen = 0, 0.0, 0
+        loader = make_loader(data, config.batch_size, round_seed)
         for _ in range(config.local_epochs):
-            for x, y in make_loader(data, config.batch_size, round_seed):
+            for x, y in loader:
                 x, y = x.to(device) * 2 - 1, y.to(device)
                 opt_d.zero_grad(set_to_none=True)
                 real = F.binary_cross_entropy_with_logits(disc(x, y), torch.ones(len(y), device=device))
@@ -63,9 +66,8 @@ def train_gan(
     for _ in range(config.local_epochs):
         for (units,) in loader:
             opt_d.zero_grad(set_to_none=True)
-            with plain_gradients(critic):  # generated images: a plain gradient, outside the clipped sum
-                fake_loss = _fake_loss(gen, critic, size, num_classes, device, fakes)
-                fake_grads = torch.autograd.grad(fake_loss, params)
+            fake_grads = _clipped_fake_gradients(gen, critic, params, size, num_classes, device, fakes,
+                                                 dp.max_grad_norm)
             if len(units) == 0:
                 no_units(params)
             else:
@@ -89,6 +91,24 @@ def _generated(gen: nn.Module, size: int, num_classes: int, device: torch.device
                fakes: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.randint(num_classes, (size,), device=device, generator=fakes)
     return gen(torch.randn(size, LATENT, device=device, generator=fakes), labels), labels
+
+
+def _clipped_fake_gradients(
+    gen: nn.Module, critic: nn.Module, params: list[nn.Parameter], size: int, num_classes: int,
+    device: torch.device, fakes: torch.Generator, clip: float,
+) -> list[torch.Tensor]:
+    """The mean over `size` generated images of each image's discriminator gradient clipped to `clip`
+    (computed with the per-sample machinery, then cleared for the real images' pass)."""
+    images, labels = _generated(gen, size, num_classes, device, fakes)
+    losses = F.binary_cross_entropy_with_logits(critic(images.detach(), labels), torch.zeros(size, device=device),
+                                                reduction="none")
+    record_loss_sum_over(losses).backward()
+    samples = [p.grad_sample for p in params]
+    norms = torch.stack([g.reshape(len(g), -1).norm(dim=1) for g in samples], dim=1).norm(dim=1)
+    factor = (clip / (norms + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad_sample = None
+    return [torch.einsum("i,i...->...", factor, g) / size for g in samples]
 
 
 def _fake_loss(gen: nn.Module, critic: nn.Module, size: int, num_classes: int, device: torch.device,
