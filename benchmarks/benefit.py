@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -42,6 +43,12 @@ DATA = {
     "pneumoniamnist": ("image-cnn", DATA_DIR / "medmnist" / "pneumoniamnist.npz", "dirichlet:0.5", 5, 0.25),
     "bloodmnist": ("image-cnn", DATA_DIR / "medmnist" / "bloodmnist.npz", "dirichlet:0.5", 5, 0.25),
 }
+
+
+def mean(values) -> float:  # type: ignore[no-untyped-def]
+    """Mean over the finite values (AUROC is NaN on a held-out split with one class)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(finite) if finite else math.nan
 
 
 def one_run(args: argparse.Namespace, seed: int, out: Path) -> tuple[dict, float]:
@@ -97,10 +104,10 @@ def main() -> None:
                                   **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}}),
                       flush=True)
             shares.append(extra / seconds)
-            mean = {k: statistics.fmean(r[k] for r in rows) for k in rows[0] if k.endswith(("accuracy", "auroc"))
+            averages = {k: mean(r[k] for r in rows) for k in rows[0] if k.endswith(("accuracy", "auroc"))
                     and "minus" not in k and not k.endswith(("_low", "_high"))}
             worst = min(r["personalised_accuracy"] - r["local_only_accuracy"] for r in rows)
-            per_seed.append({"seed": seed, **mean, "worst_personalised_minus_local_accuracy": worst,
+            per_seed.append({"seed": seed, **averages, "worst_personalised_minus_local_accuracy": worst,
                              "benefit_share_of_wall_time": extra / seconds, "run_seconds": seconds})
             print(json.dumps({"measure": "benefit_mean_over_hospitals", "data": args.data, "seed": seed,
                               **{k: round(v, 4) for k, v in per_seed[-1].items() if k != "seed"}}), flush=True)
@@ -111,12 +118,12 @@ def main() -> None:
             for metric in ("balanced_accuracy", "auroc", "accuracy"):
                 key = f"{model}_{metric}"
                 if key in rows[0]:
-                    entry[key] = statistics.fmean(r[key] for r in rows)
+                    entry[key] = mean(r[key] for r in rows)
         entry["personalised - local accuracy (min over seeds)"] = min(
             r["personalised_accuracy"] - r["local_only_accuracy"] for r in rows)
         table.append(entry)
     overall = {"hospital": "mean over hospitals",
-               **{k: statistics.fmean(s[k] for s in per_seed) for k in per_seed[0] if k not in ("seed", "run_seconds")}}
+               **{k: mean(s[k] for s in per_seed) for k in per_seed[0] if k not in ("seed", "run_seconds")}}
     overall["personalised - local accuracy (min over seeds)"] = min(
         s["worst_personalised_minus_local_accuracy"] for s in per_seed)
     summary = {
