@@ -47,7 +47,10 @@ def add_simulation_rows(
     if not shared or any(r["hospital"] not in by_name for r in shared):
         return {"simulation": "no pooled model or cross-site matrix: the hospitals are not this run's virtual ones"}
     epochs = config.num_server_rounds * config.local_epochs
-    pooled = Samples(np.concatenate([h.train.x for h in hospitals]), np.concatenate([h.train.y for h in hospitals]))
+    patients = None if any(h.train.patients is None for h in hospitals) else \
+        np.concatenate([h.train.patients for h in hospitals])  # type: ignore[misc]
+    pooled = Samples(np.concatenate([h.train.x for h in hospitals]), np.concatenate([h.train.y for h in hospitals]),
+                     patients=patients)  # DP protects patients where the data names them, as at the hospitals
     variants = {"pooled": None}
     if config.dp:
         plan = dp_plan(pooled, config.replace(local_epochs=epochs, num_server_rounds=1))
