@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--hospitals", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--section", default="", help="a suffix for the docs section (quick checks keep theirs apart)")
     args = parser.parse_args()
     table = []
     for name in args.data:
@@ -92,7 +93,7 @@ def main() -> None:
             print(json.dumps({"measure": "gan_tstr_summary", **summary}), flush=True)
             table.extend([*rows, summary])
     write_section(
-        "GAN: train on synthetic, test on real", table,
+        "GAN: train on synthetic, test on real" + (f", {args.section}" if args.section else ""), table,
         ["data", "hospitals", "rounds", "local_epochs", "epsilon", "seed", "tstr", "trtr", "ratio", "ratio_sd",
          "majority", "epsilon_spent", "seconds"],
         notes="Conditional DCGAN, FedAvg, iid hospitals; DP on the discriminator only. tstr / trtr: the image "

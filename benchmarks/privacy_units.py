@@ -82,19 +82,23 @@ def main() -> None:
         for epsilon in epsilons:
             if counts:
                 median, most = int(np.median(counts)), max(counts)
+                several = sum(c >= 2 for c in counts) / len(counts)
                 row = {"benchmark": script, "data": data, "unit": unit, "epsilon per unit": epsilon,
                        "records per patient (median / max)": f"{median} / {most}",
+                       "patients with 2+ records": f"{several:.0%}",
+                       "patient with 2 records": guarantee(epsilon, 2) if most >= 2 else "",
                        "patient, median": guarantee(epsilon, median), "patient, max": guarantee(epsilon, most)}
             else:
                 row = {"benchmark": script, "data": data, "unit": unit, "epsilon per unit": epsilon,
-                       "records per patient (median / max)": "unknown",
+                       "records per patient (median / max)": "unknown", "patients with 2+ records": "unknown",
+                       "patient with 2 records": guarantee(epsilon, 2),
                        "patient, median": "unknown", "patient, max": "unknown"}
             print(json.dumps({"measure": "privacy_unit", **row}), flush=True)
             table.append(row)
     write_section(
         "Privacy unit of every DP benchmark row", table,
         ["benchmark", "data", "unit", "epsilon per unit", "records per patient (median / max)",
-         "patient, median", "patient, max"],
+         "patients with 2+ records", "patient with 2 records", "patient, median", "patient, max"],
         notes=f"delta {DELTA} per unit. A guarantee per record protects a patient with k records by group privacy "
               "only: (k epsilon, k e^((k-1) epsilon) delta). PneumoniaMNIST's images come from the Kermany chest "
               f"X-ray collection, whose train folder holds {len(kermany)} patients with 1-{max(kermany)} images each "
