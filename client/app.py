@@ -31,10 +31,11 @@ from client.evaluation_limits import EvaluationRefused, allow_evaluation
 from common.calibration import cross_fitted
 from common.config import EVALUATE_FIRST, RunConfig
 from common.device import pick_device
-from common.errors import ConfigError
+from common.errors import ConfigError, FedwardError
+from common.privacy import epsilon_spent
 from common.ledger import BudgetExceeded, DatasetLine
 from common.serialization import load_arrays, to_arrays
-from common.training import predict_proba, scores_of
+from common.training import dp_plan, predict_proba, scores_of
 from common.tasks import get_task, resolve
 from common.tasks.base import Task
 
@@ -60,8 +61,11 @@ def _answer(msg: Message, context: Context, handle: Callable[[], Message]) -> Me
 
 def _reply(  # type: ignore[no-untyped-def]
     hospital: HospitalData, metrics: dict, arrays=None, refusal: str = "", evaluation: dict | None = None,
+    unit: str = "",
 ) -> RecordDict:
-    content = RecordDict({"metrics": MetricRecord(metrics), "hospital": ConfigRecord({"name": hospital.name})})
+    """`unit`: what the hospital's epsilon protects ("patient" or "record"), for the model card."""
+    named = {"name": hospital.name, **({"privacy-unit": unit} if unit else {})}
+    content = RecordDict({"metrics": MetricRecord(metrics), "hospital": ConfigRecord(named)})
     if arrays is not None:
         content["arrays"] = arrays
     if evaluation is not None:  # a ConfigRecord: the strategies want exactly one MetricRecord per reply
@@ -78,10 +82,11 @@ def _account(
     """The run's DP account: the hospital's ledger line (the data source it names, not the file's
     content), or the node's context without a ledger. The run is known by Flower's run id (the
     message's metadata) and fedward's (kept across a resume); the ledger links both."""
-    delta = privacy.delta_for(len(hospital.train), config.delta)
-    line = DatasetLine(privacy.dataset_name or hospital.name, hospital.fingerprint, privacy.budget, delta)
+    plan = dp_plan(hospital.train, config)  # the privacy unit (patient or record), its sample rate and steps
+    delta = privacy.delta_for(plan.units, config.delta, plan.unit)
+    line = DatasetLine(privacy.dataset_name or hospital.name, hospital.fingerprint, privacy.budget, delta, plan.unit)
     run_id = str(content["config"].get("fedward-run-id", f"flwr-{flwr_run_id}"))
-    account = RunAccount(context, config, privacy, line, run_id, len(hospital.train), str(flwr_run_id))
+    account = RunAccount(context, config, privacy, line, run_id, plan, str(flwr_run_id))
     if account.first_round:
         print(privacy.announcement(hospital.name), flush=True)
     return account
@@ -139,7 +144,7 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int, masked: bool
         account.close()
         print(f"hospital {hospital.name}: round {server_round} of run {account.run_id} was sent before; "
               "sending the same update again, uncharged", flush=True)
-        return _reply(hospital, sent.metrics, sent.arrays, evaluation=evaluation)
+        return _reply(hospital, sent.metrics, sent.arrays, evaluation=evaluation, unit=account.unit)
     seed = privacy.training_seed(config, server_round, hospital.name)  # secret under DP
     start = time.perf_counter()
     try:
@@ -151,6 +156,9 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int, masked: bool
     seconds = time.perf_counter() - start
     update = to_arrays(model)
     epsilon = account.epsilon_after() if account else 0.0
+    if account and dp is not None and epsilon_spent(dp.history, account.delta) > epsilon + 1e-6:
+        account.close()  # the training's own accountant says more than the ledger will: send nothing
+        raise FedwardError("internal: the round spent more privacy than was reserved for it; nothing was sent")
     # No statistic of the training data leaves un-noised: no training loss (it revealed membership
     # through a crafted model), the planned steps rather than the realised ones (which count empty
     # Poisson batches), and the time rounded to 0.1 s.
@@ -164,7 +172,7 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int, masked: bool
     }
     if account:
         account.settle(update, metrics, masked)  # kept for a replay, digest in the ledger, before it leaves
-    return _reply(hospital, metrics, update, evaluation=evaluation)
+    return _reply(hospital, metrics, update, evaluation=evaluation, unit=account.unit if account else "")
 
 
 def _evaluate(

@@ -68,14 +68,15 @@ class NodePrivacy:
     def requires_dp(self) -> bool:
         return self.ledger is not None and not self.allow_no_dp
 
-    def delta_for(self, num_train: int, run_delta: float) -> float:
-        """The delta to account with; refuse one that does not protect single records."""
+    def delta_for(self, num_train: int, run_delta: float, unit: str = "record") -> float:
+        """The delta to account with; refuse one that does not protect single units (`num_train`
+        records, or patients where DP is per patient)."""
         delta = (self.delta if self.delta is not None else DEFAULT_DELTA) if self.ledger else run_delta
         if delta >= 1.0 / max(num_train, 1):
             where = "node config delta" if self.ledger else "run setting delta"
             raise ConfigError(
                 f"{where}={delta:g} is not below 1/n = 1/{num_train} for this hospital's "
-                f"{num_train} training records; use a delta well below {1.0 / max(num_train, 1):.2g}"
+                f"{num_train} training {unit}s; use a delta well below {1.0 / max(num_train, 1):.2g}"
             )
         return delta
 

@@ -23,7 +23,7 @@ from client.sent_rounds import SentRound, SentRounds, update_digest
 from common.config import RunConfig
 from common.ledger import BudgetExceeded, Charge, DatasetLine, PrivacyLedger, RunLimits, history_of
 from common.privacy import DPState, History, calibrate_noise, epsilon_spent, history_from_json, history_to_json
-from common.training import batches_per_epoch, planned_steps
+from common.training import DPPlan
 
 _KEY = "fedward-dp"
 
@@ -35,14 +35,15 @@ class RunAccount:
 
     def __init__(
         self, context: Context, config: RunConfig, privacy: NodePrivacy,
-        dataset: DatasetLine, run_id: str, num_train: int, flwr_run_id: str | None = None,
+        dataset: DatasetLine, run_id: str, plan: DPPlan, flwr_run_id: str | None = None,
     ) -> None:
         self.context, self.config, self.privacy, self.run_id = context, config, privacy, run_id
         self.flwr_run_id = flwr_run_id
         self.delta = dataset.delta
         self.dataset = dataset
-        self.sample_rate = 1.0 / batches_per_epoch(num_train, config.batch_size)
-        self.steps_per_round = config.local_epochs * batches_per_epoch(num_train, config.batch_size)
+        self.unit = plan.unit  # the accountant's sample rate is the rate at which DP samples units
+        self.sample_rate = plan.sample_rate
+        self.steps_per_round = plan.steps_per_round
         self.ledger = PrivacyLedger(privacy.ledger) if privacy.ledger else None
         self.sent = SentRounds(privacy.ledger, dataset.name, run_id) if privacy.ledger else None
         self._charge: Charge | None = None
@@ -53,7 +54,7 @@ class RunAccount:
         if past:
             self.noise = past[0][0]  # calibrated once, on the run's first round
         else:
-            self.noise = calibrate_noise(self.target, self.delta, self.sample_rate, planned_steps(num_train, config))
+            self.noise = calibrate_noise(self.target, self.delta, self.sample_rate, plan.planned_steps)
         self.history: History = past
 
     def _past(self) -> History:

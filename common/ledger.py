@@ -40,7 +40,8 @@ VERSION = 2
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS datasets (
-    name TEXT PRIMARY KEY, budget REAL NOT NULL, delta REAL NOT NULL, updated REAL NOT NULL);
+    name TEXT PRIMARY KEY, budget REAL NOT NULL, delta REAL NOT NULL, updated REAL NOT NULL,
+    unit TEXT NOT NULL DEFAULT 'record');
 CREATE TABLE IF NOT EXISTS versions (
     name TEXT NOT NULL REFERENCES datasets(name), fingerprint TEXT NOT NULL,
     first_used REAL NOT NULL, last_used REAL NOT NULL, PRIMARY KEY (name, fingerprint));
@@ -110,6 +111,7 @@ class DatasetLine:
     fingerprint: str
     budget: float
     delta: float
+    unit: str = "record"  # what one guarantee protects: "patient" where the data names patients, else "record"
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ class PrivacyLedger:
         """Every line, with the fingerprint of its latest version."""
         rows = self._db.execute(
             "SELECT d.name, COALESCE((SELECT fingerprint FROM versions v WHERE v.name = d.name "
-            "ORDER BY last_used DESC LIMIT 1), ''), d.budget, d.delta FROM datasets d ORDER BY d.name"
+            "ORDER BY last_used DESC LIMIT 1), ''), d.budget, d.delta, d.unit FROM datasets d ORDER BY d.name"
         ).fetchall()
         return [DatasetLine(*row) for row in rows]
 
@@ -285,9 +287,11 @@ class PrivacyLedger:
         now = time.time()
         with self._transaction():
             self._db.execute(
-                "INSERT INTO datasets VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE "
-                "SET budget=excluded.budget, delta=excluded.delta, updated=excluded.updated",
-                (line.name, line.budget, line.delta, now),
+                "INSERT INTO datasets (name, budget, delta, updated, unit) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET budget=excluded.budget, delta=excluded.delta, "
+                "updated=excluded.updated, unit=CASE WHEN datasets.unit = excluded.unit THEN datasets.unit "
+                "ELSE 'record' END",  # a line whose rounds mixed units protects only records
+                (line.name, line.budget, line.delta, now, line.unit),
             )
             self._db.execute(
                 "INSERT INTO versions VALUES (?, ?, ?, ?) ON CONFLICT(name, fingerprint) DO UPDATE "

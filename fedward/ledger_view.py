@@ -52,6 +52,7 @@ def summary(path: Path) -> list[dict[str, Any]]:
                 "versions": versions,
                 "budget": None if math.isinf(line.budget) else line.budget,
                 "delta": line.delta,
+                "privacy_unit": line.unit,
                 "spent": spent,
                 "remaining": None if math.isinf(line.budget) else max(line.budget - spent, 0.0),
                 "runs": runs,
@@ -70,7 +71,10 @@ def show(path: Path, as_json: bool) -> str:
         budget = "none" if d["budget"] is None else f"{d['budget']:g}"
         remaining = "unlimited" if d["remaining"] is None else f"{d['remaining']:.3f}"
         text.append(f"\ndataset {d['dataset']}  delta {d['delta']:g}")
-        text.append(f"  budget {budget} | spent {d['spent']:.3f} | remaining {remaining}")
+        text.append(f"  epsilon per {d['privacy_unit']}: budget {budget} | spent {d['spent']:.3f} | remaining {remaining}")
+        if d["privacy_unit"] == "record":
+            text.append("  (the unit is the record: the data names no patients, so a patient with several "
+                        "records is protected only as a group of them)")
         text.append(f"  data versions: {len(d['versions'])} (the budget is shared by all)")
         for v in d["versions"]:
             text.append(f"    {v['fingerprint'][:12]}  first used {v['first_used']}  last used {v['last_used']}  "

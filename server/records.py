@@ -25,7 +25,7 @@ from server.screening import Rejection, hospital_of
 
 FIELDS = (
     "loss", "balanced_accuracy", "auroc", "accuracy", "majority_baseline", "macro_f1", "epsilon",
-    "noise_multiplier", "steps",
+    "noise_multiplier", "steps", "privacy_unit",
     "num_examples", "seconds", "skipped_files",
 )
 # Strategy attributes that carry state between rounds (FedOpt's moments and weights).
@@ -67,7 +67,11 @@ class RunRecorder:
     # ------------------------------------------------------------------ rounds
     def hospitals(self, server_round: int, split: str, replies: list[Message]) -> None:
         for msg in replies:
-            self.write(server_round, hospital_of(msg), split, row_of(next(iter(msg.content.metric_records.values()))))
+            row = row_of(next(iter(msg.content.metric_records.values())))
+            named = msg.content.config_records.get("hospital")
+            if named is not None and "privacy-unit" in named:  # what its epsilon protects
+                row["privacy_unit"] = str(named["privacy-unit"])
+            self.write(server_round, hospital_of(msg), split, row)
 
     def aggregate(self, server_round: int, split: str, metrics: dict[str, Any] | None, seconds: float | None) -> None:
         if metrics is None:

@@ -64,6 +64,7 @@ def model_card(
             "train_samples": train and train["num_examples"],
             "test_samples": evaluation and evaluation["num_examples"],
             "epsilon_spent": train and train["epsilon"],
+            "privacy_unit": train and train.get("privacy_unit"),
             "rounds_trained": trained,
             "rounds_missed": [r for r in range(1, config.num_server_rounds + 1) if r not in trained],
             "rounds_refused": [  # the hospital said no, e.g. its privacy ledger's budget
@@ -85,6 +86,7 @@ def model_card(
             "delta": config.delta if config.dp else None,
             "max_grad_norm": config.max_grad_norm if config.dp else None,
             "accountant": "opacus rdp",
+            "privacy_unit": _units(hospitals) if config.dp else None,
         },
         "secure_aggregation": {
             "enabled": config.secure_aggregation,
@@ -104,6 +106,20 @@ def model_card(
         "git_commit": git_commit(),
         "code_sha256": code_hash(),
     }
+
+
+def _units(hospitals: dict[str, Any]) -> str:
+    """In words: what each hospital's epsilon protects."""
+    units = {info["privacy_unit"] for info in hospitals.values() if info.get("privacy_unit")}
+    if units == {"patient"}:
+        return "patient: each hospital's epsilon bounds what its update reveals about any one patient's records"
+    if units == {"record"}:
+        return ("record: each hospital's epsilon bounds what its update reveals about any one record; the data "
+                "names no patients, so a patient with several records is protected only as a group of them")
+    if units:
+        return "per hospital (see hospitals.*.privacy_unit): " + ", ".join(
+            f"{name} per {info['privacy_unit']}" for name, info in hospitals.items() if info.get("privacy_unit"))
+    return "unknown (no hospital trained)"
 
 
 def write_model_card(out_dir: Path, card: dict[str, Any]) -> Path:

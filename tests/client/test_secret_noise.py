@@ -43,7 +43,7 @@ def test_two_hospitals_runs_from_the_same_config_and_round_draw_uncorrelated_noi
     # four trainings from the same model, config and round (separate ledgers: no replay between them)
     weights = [trained(data, tmp_path / f"ledger-{i}.sqlite", arrays) for i in range(4)]
     first, second = weights[0] - weights[1], weights[2] - weights[3]  # what differs: noise and sampling only
-    assert first.size > 20_000
+    assert first.size >= 6_400  # |corr| < 0.05 is then over 4 standard deviations of independent noise
     assert np.abs(first).max() > 0 and np.abs(second).max() > 0, "the same config and round gave the same update"
     corr = float(np.corrcoef(first, second)[0, 1])
     print(f"correlation of the noise of two pairs of runs: {corr:+.4f} over {first.size} weights")

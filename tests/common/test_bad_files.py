@@ -61,7 +61,7 @@ def test_the_hospital_reports_how_many_files_it_skipped(tmp_path: Path):
     metadata = Metadata(run_id=1, message_id="m", src_node_id=0, dst_node_id=7, reply_to_message_id="",
                         group_id="1", created_at=time.time(), ttl=600, message_type="train")
     msg = Message(content=RecordDict({"arrays": initial(config, (2,), 2), "config": record}), metadata=metadata)
-    context = Context(run_id=1, node_id=7, node_config={"data-path": str(table), "bad-files": "skip"},
+    context = Context(run_id=1, node_id=7, node_config={"data-path": str(table), "bad-files": "skip", "allow-no-dp": True},
                       state=RecordDict(), run_config={})
     reply = app(msg, context)
     assert reply.content["metrics"]["skipped-files"] == 1 and reply.content["metrics"]["num-examples"] == 30
