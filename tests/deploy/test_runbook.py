@@ -67,8 +67,12 @@ class Deployment:
         self.background: dict[str, subprocess.Popen] = {}
 
     def hospital(self, name: str) -> dict[str, str]:
+        own = self.root / f"{name}-data"  # va's data is a copy, so a test can plant a bad row in it
+        if name == "va" and not own.exists():
+            own.mkdir()
+            shutil.copy(self.data_dir / "heart_disease_uci" / "processed.va.data", own)
         return {**self.common, "cleveland": name, "9094": str(free_port()),
-                "/data/heart": str(self.data_dir / "heart_disease_uci"),
+                "/data/heart": str(own if own.exists() else self.data_dir / "heart_disease_uci"),
                 "/srv/fedward": str(self.root / f"hospital-{name}" / "srv-fedward")}
 
     def run_block(self, block: Block, cwd: Path, name: str = "", timeout: float = 120) -> list[subprocess.CompletedProcess]:
@@ -216,6 +220,22 @@ def test_the_runbook_as_written_on_loopback(deployment: Deployment, tmp_path: Pa
     hostile_status = json.loads((hostile_out / "run-status.json").read_text())
     assert hostile_status["completed"] is False
     assert "(3 answered with an error)" in hostile_status["details"], "a true reason, not a timeout"
+
+    # Item 2: a bad row's text stays at the hospital: nowhere in the operator's launcher output, the
+    # SuperLink's log (where the ServerApp runs) or the run directory; in the hospital's own log.
+    secret = "PATIENT-4E2D-SECRET"
+    va_data = d.root / "va-data" / "processed.va.data"
+    va_data.write_text(va_data.read_text() + f"{secret},1,4,140,260,0,1,112,1,3,2,?,?,2\n")
+    bad_out = tmp_path / "bad-row-run"
+    result = subprocess.run(
+        [str(BIN / "fedward"), "run", str(PROJECT_ROOT), "consortium", "--run-config",
+         f'data-path="" num-server-rounds=1 min-hospitals=3 round-timeout=120 out-dir="{bad_out}"'],
+        cwd=d.operator, env=d.env, capture_output=True, text=True, timeout=600)
+    seen_by_server = result.stdout + result.stderr + d.log("superlink") + "".join(
+        p.read_text(errors="replace") for p in bad_out.rglob("*") if p.is_file())
+    assert secret not in seen_by_server and str(va_data) not in seen_by_server
+    assert "hospital va: bad-data: 1 row of processed.va.data could not be read" in seen_by_server
+    assert secret in d.log("node-va"), "the hospital's own log keeps the detail"
 
     # Item 6: kill -9 of fedward supernode takes Flower's SuperNode and the executor with it ...
     wrapper = d.background["node-va"]
