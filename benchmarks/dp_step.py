@@ -86,7 +86,7 @@ def cases(batch: int) -> dict[str, tuple[Callable[[str], nn.Module], torch.Tenso
     labels = torch.randint(0, 2, (batch,), generator=g)
     packed = torch.cat([torch.rand(batch, 784, generator=g), labels.unsqueeze(1).float()], dim=1)
     return {
-        "cnn": (lambda mode: build_cnn((1, 28, 28), 2, RunConfig()), torch.rand(batch, 1, 28, 28, generator=g), labels),
+        "cnn": (lambda mode: build_cnn((1, 28, 28), 2, RunConfig(model="cnn")), torch.rand(batch, 1, 28, 28, generator=g), labels),
         "lstm": (rnn_builder("lstm"), torch.rand(batch, 187, 1, generator=g), torch.randint(0, 5, (batch,), generator=g)),
         "gru": (rnn_builder("gru"), torch.rand(batch, 187, 1, generator=g), torch.randint(0, 5, (batch,), generator=g)),
         "gan-discriminator": (lambda mode: LabelledDiscriminator(), packed, labels),
@@ -149,7 +149,7 @@ def epoch_rows() -> list[dict]:
                                                   ("sequence-rnn", "lstm", (187, 1), 5),
                                                   ("sequence-rnn", "gru", (187, 1), 5)):
         task = get_task(task_name)
-        config = RunConfig(task=task_name, model="" if model_name == "cnn" else model_name, lr=0.1)
+        config = RunConfig(task=task_name, model=model_name, lr=0.1)
         rng = np.random.default_rng(0)
         samples = Samples(rng.random((640, *shape), dtype=np.float32), rng.integers(0, classes, 640))
         best: dict[str, float] = {}

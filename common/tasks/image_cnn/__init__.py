@@ -1,16 +1,18 @@
-"""Task `image-cnn`: 2-D medical images -> a GroupNorm CNN classifier."""
+"""Task `image-cnn`: 2-D medical images -> scattering features + a trained head (default), or a GroupNorm CNN."""
 
 from functools import partial
 
 from common.tasks.base import Task
 from common.tasks.image_cnn.dataset import load_images
 from common.tasks.image_cnn.model import build_cnn
-from common.training import fit_classifier
+from common.tasks.image_cnn.recipe import evaluate_image_classifier, fit_image_classifier
 
 # Under DP, per-sample gradients from fedward's per-layer backward (common/per_sample.py):
 # the same gradients as one sample at a time and the same update as Opacus's hooks
-# (tests/common/test_dp_modes.py), in less time than hooks or expanded weights
-# (benchmarks/dp_step.py).
+# (tests/common/test_dp_modes.py, tests/common/test_image_models.py), in less time than
+# hooks or expanded weights (benchmarks/dp_step.py). The default model trains only a head
+# on scattering features computed once per image (common/tasks/image_cnn/recipe.py).
 TASK = Task(
-    name="image-cnn", load=load_images, build_model=build_cnn, train=partial(fit_classifier, grad_sample_mode="layers"),
+    name="image-cnn", load=load_images, build_model=build_cnn, train=partial(fit_image_classifier, grad_sample_mode="layers"),
+    evaluate=evaluate_image_classifier,
 )

@@ -29,7 +29,7 @@ def finish_gan(
     real = subsample(data.train, min(len(data.train), 2000), config.seed)
     synthetic = synthesize(model, len(real), config.seed)
     cnn_config = config.replace(
-        task="image-cnn", dp=False, lr=0.01, local_epochs=TSTR_EPOCHS, batch_size=64, strategy="fedavg"
+        task="image-cnn", model="cnn", dp=False, lr=0.01, local_epochs=TSTR_EPOCHS, batch_size=64, strategy="fedavg"
     )
     scores = {}
     for name, train in (("tstr", synthetic), ("trtr", real)):
