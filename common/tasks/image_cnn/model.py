@@ -17,7 +17,7 @@ from torch import nn
 
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.tasks.image_cnn.scattering import ORDER_COEFFICIENTS, feature_shape, scatter
+from common.tasks.image_cnn.scattering import feature_shape, scatter
 
 MODELS = ("scatter", "scatter-cnn", "cnn")
 DEFAULT_MODEL = "scatter"
@@ -55,8 +55,8 @@ class ScatterNet(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, head: str = "linear", width: int = 32) -> None:
         super().__init__()
         channels, height, width_px = feature_shape(input_shape)
-        # per-image normalisation of the scattering maps, one group per input channel's 81 maps
-        norm = nn.GroupNorm(input_shape[0] * ORDER_COEFFICIENTS // 3, channels, affine=False)
+        # per-image normalisation of the scattering maps in 27 groups (Tramer & Boneh's choice)
+        norm = nn.GroupNorm(27, channels, affine=False)
         if head == "linear":
             self.head: nn.Module = nn.Sequential(norm, nn.Flatten(), nn.Linear(channels * height * width_px, num_classes))
         else:

@@ -1,0 +1,199 @@
+"""The image-cnn search, on the official validation splits only: model and DP settings, centralised and federated.
+
+    .venv/bin/python benchmarks/medmnist_image_search.py --data bloodmnist --mode fed --model scat-linear \
+        --batch 128 --lr 4 --clip 0.1 --rounds 10          # one JSON line per run
+    .venv/bin/python benchmarks/medmnist_image_search.py --render runs.jsonl ...   # the table in docs/benchmarks.md
+
+A compact re-implementation of the DP-SGD that fedward runs (Poisson sampling at rate
+batch / n, per-sample gradients from fedward's `layers` mode, clipping to `clip`, Gaussian
+noise calibrated by common.privacy.calibrate_noise to (epsilon, delta) over all planned
+steps, the clipped noisy sum divided by the expected batch size, SGD momentum 0.9), so that a
+grid point costs seconds to minutes instead of a full simulation. `fed`: the same Dirichlet(0.5)
+hospitals as fedward simulate (common.partition), each keeping its own 25% held-out split
+(common.data.local_split) and calibrating its own noise; FedAvg weighted by training size.
+Scattering features (kymatio, J=2) are computed once per data set and cached in --cache-dir.
+Scores: the official validation split, never the test split.
+"""
+import argparse, json, math, sys, time
+import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+import os
+from pathlib import Path
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "benchmarks"))
+DATA = Path(os.environ.get("FEDWARD_DATA_DIR", ROOT.parent / "shared" / "data")) / "medmnist"
+torch.set_num_threads(2)
+from common.per_sample import per_sample_layers
+from common.privacy import calibrate_noise
+from common.config import Partition
+from common.data import Samples, local_split
+from common.partition import partition_indices
+from common.metrics import classification_metrics
+
+p = argparse.ArgumentParser()
+p.add_argument("--data", default="pneumoniamnist"); p.add_argument("--mode", default="central")
+p.add_argument("--model", default="scat-linear"); p.add_argument("--eps", type=float, default=8.0)
+p.add_argument("--batch", type=int, default=256); p.add_argument("--lr", type=float, default=1.0)
+p.add_argument("--epochs", type=int, default=20); p.add_argument("--rounds", type=int, default=20)
+p.add_argument("--local-epochs", type=float, default=1); p.add_argument("--clip", type=float, default=1.0)
+p.add_argument("--ema", type=float, default=0.0); p.add_argument("--augmult", type=int, default=0)
+p.add_argument("--seed", type=int, default=0); p.add_argument("--hospitals", type=int, default=5)
+p.add_argument("--width", type=int, default=32); p.add_argument("--groups", type=int, default=27)
+p.add_argument("--momentum", type=float, default=0.9); p.add_argument("--cosine", type=int, default=0)
+p.add_argument("--server-lr", type=float, default=1.0); p.add_argument("--split", default="val")
+p.add_argument("--delta", type=float, default=1e-5); p.add_argument("--pool", type=int, default=0)
+p.add_argument("--cache-dir", default="/tmp/fedward-scattering"); p.add_argument("--render", nargs="*")
+a = p.parse_args()
+if a.render is not None:
+    from report import write_section
+    rows = [json.loads(l) for f in a.render for l in open(f) if l.startswith("{")]
+    for r in rows:
+        r["settings"] = (f"batch {r['batch']}, lr {r['lr']}, clip {r['clip']}, "
+                         + (f"{r['epochs']} epochs" if r["mode"] == "central" else f"{r['rounds']} rounds x {r['local_epochs']:g} epoch")
+                         + (f", pool {r['pool']}" if r.get("pool") else ""))
+    write_section("MedMNIST image-cnn search (validation split only)", rows,
+                  ["data", "mode", "model", "eps", "settings", "accuracy", "balanced-accuracy", "auroc", "seconds"],
+                  notes="benchmarks/medmnist_image_search.py (runs logged in benchmarks/medmnist_image_search.jsonl), seed 0, "
+                        "epsilon 8, delta 1e-5, 5 hospitals Dirichlet(0.5) for fed, each training on 75% of its share. "
+                        "Scores on the official validation split; nothing here looked at the test split. "
+                        "scat-linear: GroupNorm (27 groups, no affine) + linear on the scattering maps (the default `scatter`); "
+                        "scat-cnn: two 3x3 conv + GroupNorm + tanh layers (width 32) on them (`scatter-cnn`); pool 3: the maps "
+                        "averaged to 3x3 first. Choices: linear beats the CNN head on BloodMNIST (0.824 vs 0.751, same "
+                        "settings); pooling loses 12 points; at the run defaults (batch 32, 3 rounds) lr 0.1 beats 0.4. "
+                        "Larger expected batches and more rounds help (PneumoniaMNIST +3.4, BloodMNIST +7 to +9 points) but are "
+                        "flags today: the run's defaults (3 rounds, batch 32, clip 1) are shared by every task. Not evaluated "
+                        "in the time this session had (2 shared cores, ~45 min of experiments): a wider weight-standardised "
+                        "GroupNorm CNN, augmentation multiplicity, EMA of weights, LR schedules, server optimisers; the harness "
+                        "has --augmult/--ema/--cosine/--server-lr for them.")
+    raise SystemExit
+torch.manual_seed(a.seed); np.random.seed(a.seed)
+d = np.load(DATA / f"{a.data}.npz")
+def imgs(k):
+    x = d[k].astype(np.float32) / 255.0
+    return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+Xtr, ytr = imgs("train_images"), d["train_labels"].ravel().astype(np.int64)
+Xev, yev = imgs(f"{a.split}_images"), d[f"{a.split}_labels"].ravel().astype(np.int64)
+K = int(ytr.max()) + 1; C = Xtr.shape[1]
+scat = a.model.startswith("scat")
+if scat:
+    os.makedirs(a.cache_dir, exist_ok=True)
+    path = f"{a.cache_dir}/scat_{a.data}.npz"
+    if not os.path.exists(path):
+        from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
+        S = ScatteringTorch2D(J=2, shape=(28, 28), L=8)
+        def f(x):
+            return np.concatenate([S(torch.from_numpy(np.ascontiguousarray(x[i:i+512]))).flatten(1, 2).numpy() for i in range(0, len(x), 512)])
+        np.savez(path, train=f(Xtr), val=f(imgs("val_images")), test=f(imgs("test_images")))
+    fz = np.load(path)
+    Xtr, Xev = fz["train"], fz[a.split]
+chan = Xtr.shape[1]
+
+def build():
+    if a.model == "scat-linear":
+        if a.pool:
+            return nn.Sequential(nn.GroupNorm(a.groups, chan, affine=False), nn.AdaptiveAvgPool2d(a.pool), nn.Flatten(), nn.Linear(chan * a.pool ** 2, K))
+        return nn.Sequential(nn.GroupNorm(a.groups, chan, affine=False), nn.Flatten(), nn.Linear(chan * 49, K))
+    if a.model == "scat-cnn":
+        w = a.width
+        return nn.Sequential(nn.GroupNorm(a.groups, chan, affine=False),
+            nn.Conv2d(chan, w, 3, padding=1), nn.GroupNorm(4, w), nn.Tanh(),
+            nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(4, w), nn.Tanh(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * w, K))
+    if a.model == "scat-cnn-relu":
+        w = a.width
+        return nn.Sequential(nn.GroupNorm(a.groups, chan, affine=False),
+            nn.Conv2d(chan, w, 3, padding=1), nn.GroupNorm(4, w), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(4, w), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * w, K))
+    if a.model == "cnn":
+        from common.tasks.image_cnn.model import MedCNN
+        return MedCNN(C, K, width=a.width)
+    raise SystemExit(a.model)
+
+def augment(x):  # random shift by up to 2 px (reflect pad + crop), random flips
+    n = len(x); xp = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    i, j = np.random.randint(0, 5, 2)
+    x = xp[:, :, i:i+28, j:j+28]
+    if np.random.rand() < 0.5: x = x.flip(3)
+    return x
+
+def dp_train(model, X, y, steps, q, sigma, lr_of, ema_model=None):
+    """Poisson DP-SGD; returns nothing, trains in place."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr_of(0), momentum=a.momentum)
+    n = len(y); exp_b = q * n
+    params = [p for p in model.parameters() if p.requires_grad]
+    for t in range(steps):
+        for g in opt.param_groups: g["lr"] = lr_of(t)
+        idx = np.nonzero(np.random.rand(n) < q)[0]
+        opt.zero_grad(set_to_none=True)
+        if len(idx):
+            xb, yb = torch.from_numpy(X[idx]), torch.from_numpy(y[idx])
+            m = max(1, a.augmult)
+            if a.augmult:
+                xb = torch.cat([augment(xb) for _ in range(m)]).view(m, len(idx), *xb.shape[1:]).transpose(0, 1).reshape(m * len(idx), *xb.shape[1:])
+                yb = yb.repeat_interleave(m)
+            with per_sample_layers(model):
+                loss = F.cross_entropy(model(xb), yb); loss.backward()
+            gs = [p.grad_sample.view(len(idx), m, *p.shape).mean(1) for p in params]
+            for p in params: p.grad_sample = None
+            norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in gs))
+            factor = (a.clip / (norms + 1e-6)).clamp(max=1.0)
+            for p, g in zip(params, gs):
+                p.grad = (torch.einsum("i,i...->...", factor, g) + sigma * a.clip * torch.randn_like(p)) / exp_b
+        else:
+            for p in params: p.grad = sigma * a.clip * torch.randn_like(p) / exp_b
+        opt.step()
+        if ema_model is not None:
+            with torch.no_grad():
+                for pe, pm in zip(ema_model.parameters(), model.parameters()):
+                    pe.mul_(a.ema).add_(pm, alpha=1 - a.ema)
+
+@torch.no_grad()
+def score(model, X, y):
+    model.eval(); pr = torch.cat([torch.softmax(model(torch.from_numpy(X[i:i+1024])), 1) for i in range(0, len(X), 1024)]).numpy(); model.train()
+    return classification_metrics(y, pr)
+
+t0 = time.time(); out = dict(vars(a))
+if a.mode == "central":
+    n = len(ytr); q = min(1.0, a.batch / n); steps = int(round(a.epochs / q))
+    sigma = calibrate_noise(a.eps, a.delta, q, steps) if a.eps > 0 else 0.0
+    model = build(); ema = None
+    if a.ema: import copy; ema = copy.deepcopy(model)
+    lr_of = (lambda t: a.lr * 0.5 * (1 + math.cos(math.pi * t / steps))) if a.cosine else (lambda t: a.lr)
+    dp_train(model, Xtr, ytr, steps, q, sigma, lr_of, ema)
+    out.update(sigma=sigma, steps=steps)
+    final = ema or model
+else:
+    parts = partition_indices(Samples(Xtr, ytr), Partition.parse("dirichlet:0.5"), a.hospitals, a.seed)
+    hosp = []
+    for ix in parts:
+        tr, _ = local_split(Samples(Xtr[ix], ytr[ix]), 0.25, a.seed)
+        n = len(tr); q = min(1.0, a.batch / n); spr = max(1, int(round(a.local_epochs / q)))
+        sigma = calibrate_noise(a.eps, a.delta, q, spr * a.rounds) if a.eps > 0 else 0.0
+        hosp.append((tr, q, spr, sigma))
+    out["sigmas"] = [round(h[3], 3) for h in hosp]; out["sizes"] = [len(h[0]) for h in hosp]; out["spr"] = [h[2] for h in hosp]
+    glob = build(); ema_state = None
+    curve = []
+    for r in range(a.rounds):
+        lr = a.lr * (0.5 * (1 + math.cos(math.pi * r / a.rounds)) if a.cosine else 1.0)
+        new = [torch.zeros_like(p) for p in glob.state_dict().values()]; tot = 0
+        for tr, q, spr, sigma in hosp:
+            import copy
+            m = copy.deepcopy(glob)
+            dp_train(m, tr.x, tr.y, spr, q, sigma, lambda t: lr)
+            w = len(tr); tot += w
+            for acc, v in zip(new, m.state_dict().values()): acc.add_(v, alpha=w)
+        sd = glob.state_dict()
+        with torch.no_grad():
+            for (k, v), acc in zip(sd.items(), new):
+                v.add_(acc / tot - v, alpha=a.server_lr)
+        if a.ema:
+            ema_state = {k: v.clone() for k, v in sd.items()} if ema_state is None else {k: a.ema * ema_state[k] + (1 - a.ema) * sd[k] for k in sd}
+        if (r + 1) % 5 == 0 or r == a.rounds - 1:
+            curve.append(round(score(glob, Xev, yev)["accuracy"], 3))
+    out["curve"] = curve
+    final = glob
+    if ema_state is not None:
+        final = build(); final.load_state_dict(ema_state)
+s = score(final, Xev, yev)
+out.update({k: round(v, 4) for k, v in s.items() if isinstance(v, float)}, seconds=round(time.time() - t0, 1))
+print(json.dumps(out), flush=True)
