@@ -180,7 +180,7 @@ def _evaluate(
 ) -> dict:
     """The model's scores on this hospital's held-out split, within the hospital's evaluation
     limits (EvaluationRefused otherwise). Only the held-out split is touched: its prior
-    correction is cross-fitted on it (common/calibration.py), never estimated on training data."""
+    correction leaves each record out (common/calibration.py), never estimated on training data."""
     allow_evaluation(context, len(hospital.test))
     start = time.perf_counter()
     device = pick_device()

@@ -9,7 +9,7 @@ and without DP (neither model ever leaves the hospital):
 - the personalised model: the final global model fine-tuned on its training split;
 
 scores them and the global model on its held-out split exactly as an evaluation does
-(prior correction cross-fitted on the held-out split), with a paired bootstrap 95%
+(prior correction leave-one-out on the held-out split), with a paired bootstrap 95%
 interval over the held-out records for each difference to local-only, and writes the
 models (npz, no pickle) and the table (JSON, CSV) in its own folder. Only with
 `share-benefit=true` do the scores (never the models) go back in the evaluate reply.
