@@ -34,7 +34,7 @@ def test_the_front_ends_per_sample_gradients_are_each_samples_own(model_name: st
 def test_the_default_sequence_model_beats_the_majority_class_under_dp(mitbih_subset):
     """Small-data regression (seconds): four MIT-BIH patients' beats, a held-out quarter, record-level
     DP-SGD (four patients are far too few for patient-level DP to learn anything)."""
-    config = resolve(RunConfig(task="sequence-rnn", data_path=str(mitbih_subset), local_epochs=2))
+    config = resolve(RunConfig(task="sequence-rnn", data_path=str(mitbih_subset)))
     data = load_data(config)
     beats = Samples(data.train.x, data.train.y)  # no patient ids: the unit is the beat
     train, test = local_split(beats, 0.25, 0)

@@ -34,14 +34,19 @@ def test_a_mismatched_or_corrupt_checkpoint_is_refused_naming_keys_before_anythi
     assert not (tmp_path / "run1" / "metrics.jsonl").exists() and not (tmp_path / "run2" / "metrics.jsonl").exists()
 
 
-@pytest.mark.slow
 def test_a_matching_checkpoint_is_where_the_run_starts_and_the_card_records_it(tmp_path: Path):
+    """The real round loop over the real ClientApp, in this process (no Ray)."""
+    from client.app import app
+    from server.federation import run_federation
+    from tests.inprocess_grid import InProcessGrid
+
     model = get_task("tabular").build_model((30,), 2, RunConfig())
     state = {k: torch.full_like(v, 0.25) for k, v in model.state_dict().items()}
     np.savez(tmp_path / "start.npz", **{k: v.numpy() for k, v in state.items()})
     out = tmp_path / "run"
-    result = simulate("--init-weights", str(tmp_path / "start.npz"), "--out", str(out), "--lr", "1e-9")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    config = RunConfig(num_server_rounds=1, dp=False, lr=1e-9, out_dir=str(out),
+                       init_weights=str(tmp_path / "start.npz"))
+    run_federation(InProcessGrid(app, [{"partition-id": i, "num-partitions": 2} for i in range(2)]), config)
     card = json.loads((out / "model_card.json").read_text())
     assert card["init_weights"]["sha256"] == hashlib.sha256((tmp_path / "start.npz").read_bytes()).hexdigest()
     final = torch.load(out / "final_model.pt", weights_only=True)
