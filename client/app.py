@@ -181,7 +181,7 @@ def _evaluate(
     """The model's scores on this hospital's held-out split, within the hospital's evaluation
     limits (EvaluationRefused otherwise). Only the held-out split is touched: its prior
     correction leaves each record out (common/calibration.py), never estimated on training data."""
-    allow_evaluation(context, len(hospital.test))
+    allow_evaluation(context, len(hospital.test), hospital.name)
     start = time.perf_counter()
     device = pick_device()
     if task.classifier and config.prior_correction:

@@ -5,7 +5,11 @@ hospital's held-out records. So the hospital bounds them itself:
 
     min-eval-size     fewest held-out records it answers evaluations on
                       (default 10 at a real hospital; a simulated one has none unless set)
-    max-evaluations   most evaluations per Flower run (default 100; fused rounds count too)
+    max-evaluations   most evaluations answered (default 100; fused rounds count too):
+                      with a privacy ledger (every real hospital has one) counted in
+                      the ledger over the hospital's `run-cap-window-hours` (24 h by
+                      default), across runs and restarts, so a server cannot get a
+                      fresh allowance by starting new runs; without one, per Flower run
 
 Below the first, or past the second, the evaluation is refused with a reply that
 says only that; a fused round still trains.
@@ -19,7 +23,9 @@ from flwr.app import ConfigRecord, Context
 
 from client.failures import PublicRefusal
 from client.hospital import node_settings
+from client.node_privacy import node_privacy
 from common.errors import ConfigError
+from common.ledger import PrivacyLedger
 
 DEFAULT_MIN_EVAL_SIZE = 10
 DEFAULT_MAX_EVALUATIONS = 100
@@ -30,14 +36,24 @@ class EvaluationRefused(PublicRefusal):
     """The hospital's evaluation limits refuse this evaluation."""
 
 
-def allow_evaluation(context: Context, held_out: int) -> None:
-    """Count one evaluation of this run, or refuse it (EvaluationRefused)."""
+def allow_evaluation(context: Context, held_out: int, line: str) -> None:
+    """Count one evaluation of the ledger line `line` (or of this run, without a ledger), or
+    refuse it (EvaluationRefused)."""
     settings = node_settings(context.node_config)
     min_size, most = _limits(settings)
     if held_out < min_size:
         raise EvaluationRefused(
             f"evaluation refused: the held-out split is smaller than this hospital's min-eval-size={min_size}"
         )
+    privacy = node_privacy(settings)
+    if privacy.ledger:
+        with PrivacyLedger(privacy.ledger) as ledger:
+            done = ledger.count_evaluation(privacy.dataset_name or line, most, privacy.cap_window_hours * 3600,
+                                           str(context.run_id))
+        if done is None:
+            window = f"per {privacy.cap_window_hours:g} h" if privacy.cap_window_hours else "in all"
+            raise EvaluationRefused(f"evaluation refused: this hospital's max-evaluations={most} {window} are used up")
+        return
     record = context.state.config_records.get(_COUNT)
     done = int(record["count"]) if record is not None else 0  # type: ignore[arg-type]
     if done >= most:

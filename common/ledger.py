@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS charges (
     noise REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL,
     update_digest TEXT, created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS charges_by_run ON charges (dataset, run_id, round);
+CREATE TABLE IF NOT EXISTS evaluations (
+    dataset TEXT NOT NULL, flwr_run_id TEXT, created REAL NOT NULL);
 """
 # Version 1 -> 2: lines keyed by name (version 1's label); each old fingerprint a version.
 _MIGRATE_V1 = """
@@ -340,6 +342,20 @@ class PrivacyLedger:
         """Attach the digest of the update about to be sent (the audit trail of what left)."""
         with self._transaction():
             self._db.execute("UPDATE charges SET update_digest = ? WHERE id = ?", (update_digest, charge.id))
+
+    def count_evaluation(self, line: str, most: int, window_s: float, flwr_run_id: str | None) -> int | None:
+        """Record one evaluation answered from this line's held-out data and return how many came
+        before it; None (and nothing recorded) if `most` were already answered within `window_s`
+        seconds (0: ever). Evaluations are not DP: this bounds them across runs and restarts."""
+        now = time.time()
+        with self._transaction():
+            since = now - window_s if window_s > 0 else float("-inf")
+            (done,) = self._db.execute(
+                "SELECT COUNT(*) FROM evaluations WHERE dataset = ? AND created >= ?", (line, since)).fetchone()
+            if done >= most:
+                return None
+            self._db.execute("INSERT INTO evaluations VALUES (?, ?, ?)", (line, flwr_run_id, now))
+        return int(done)
 
     def integrity_ok(self) -> bool:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

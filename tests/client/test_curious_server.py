@@ -103,6 +103,9 @@ def test_evaluations_stop_at_the_hospitals_limits(data_dir: Path, tmp_path: Path
     replies = [app(message("evaluate", arrays, RunConfig(data_path=""), r), context) for r in (1, 2, 3)]
     assert not replies[0].has_error() and not replies[1].has_error()
     assert replies[2].has_error() and "max-evaluations=2" in replies[2].error.reason
+    # A new run (a fresh Flower context) at the same hospital gets no fresh allowance: the ledger counts.
+    again = app(message("evaluate", arrays, RunConfig(data_path=""), 1), _node(data, tmp_path, **{"max-evaluations": 2}))
+    assert again.has_error() and "max-evaluations=2" in again.error.reason
     small = tmp_path / "processed.small.data"
     small.write_text("\n".join(data.read_text().splitlines()[:24]) + "\n")
     reply = app(message("evaluate", arrays, RunConfig(data_path=""), 1), _node(small, tmp_path))
