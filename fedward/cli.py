@@ -150,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     view = ledger.add_subparsers(dest="ledger_command", required=True)
     for name, text in (("show", "print the ledger (a table, or --json)"), ("export", "write a CSV")):
         sub = view.add_parser(name, help=text)
-        sub.add_argument("--ledger", type=Path, default=Path(os.environ.get("FEDWARD_LEDGER", "privacy-ledger.sqlite")),
-                         help="ledger path (default: $FEDWARD_LEDGER or ./privacy-ledger.sqlite)")
+        sub.add_argument("--ledger", type=Path, default=None,
+                         help="ledger path (default: $FEDWARD_LEDGER, else the SuperNode's default "
+                              "$FEDWARD_HOME/privacy-ledger.sqlite, FEDWARD_HOME defaulting to ~/.fedward)")
         if name == "show":
             sub.add_argument("--json", action="store_true")
         else:
@@ -378,7 +379,11 @@ def launch(args: argparse.Namespace) -> int:
 
 
 def ledger(args: argparse.Namespace) -> int:
+    from client.node_privacy import default_ledger
     from fedward.ledger_view import export_csv, show
+
+    if args.ledger is None:  # where `fedward supernode` keeps it when no --ledger was given
+        args.ledger = Path(os.environ["FEDWARD_LEDGER"]) if os.environ.get("FEDWARD_LEDGER") else default_ledger()
 
     if args.ledger_command == "show":
         print(show(args.ledger, args.json))

@@ -24,7 +24,8 @@ from common.privacy import epsilon_spent
 
 def summary(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
-        raise FedwardError(f"--ledger {path} does not exist; give the path set as privacy-ledger in node config")
+        raise FedwardError(f"--ledger {path} does not exist; give the ledger your SuperNode uses (its --ledger, "
+                           "or node config privacy-ledger; without either, $FEDWARD_HOME/privacy-ledger.sqlite)")
     out = []
     with PrivacyLedger(path) as ledger:
         for line in ledger.datasets():
@@ -90,11 +91,12 @@ def show(path: Path, as_json: bool) -> str:
 def export_csv(path: Path, out: Path) -> int:
     """One row per run per dataset, with the dataset's totals: for an ethics board."""
     rows = 0
+    lines = summary(path)  # a missing or broken ledger stops here, before the CSV is created
     with out.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["dataset", "fingerprint", "delta", "budget", "spent_total", "remaining",
                          "run_id", "rounds", "noise_multiplier", "sample_rate", "steps", "run_epsilon"])
-        for d in summary(path):
+        for d in lines:
             for r in d["runs"]:
                 writer.writerow([
                     d["dataset"], d["fingerprint"], d["delta"], d["budget"] if d["budget"] is not None else "",

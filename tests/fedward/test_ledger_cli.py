@@ -42,6 +42,8 @@ def test_show_and_export_tell_budget_spent_and_each_run(tmp_path: Path, capsys):
 def test_show_names_a_missing_or_foreign_ledger(tmp_path: Path, capsys):
     assert main(["ledger", "show", "--ledger", str(tmp_path / "none.sqlite")]) == 2
     assert "none.sqlite does not exist" in capsys.readouterr().err
+    assert main(["ledger", "export", "--ledger", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "e.csv")]) == 2
+    assert not (tmp_path / "e.csv").exists(), "no empty CSV for the ethics board"
     (tmp_path / "x.sqlite").write_text("not a ledger")
     assert main(["ledger", "show", "--ledger", str(tmp_path / "x.sqlite")]) == 2
     assert "is not a fedward privacy ledger" in capsys.readouterr().err
@@ -80,3 +82,5 @@ def test_supernode_with_only_a_data_path_keeps_a_default_ledger_and_says_so(tmp_
     assert "allow-no-dp=true" in out and 'dataset-name="va-cardiology"' in out and "require-secure-aggregation=true" in out
     assert main([*args, "--node-config", "reproducible-noise=true"]) == 2
     assert "reproducible-noise=true is for simulation only" in capsys.readouterr().err
+    assert main(["ledger", "show"]) == 0, "the runbook's `fedward ledger show` finds the SuperNode's default ledger"
+    assert str(ledger) in capsys.readouterr().out
