@@ -99,6 +99,12 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         print(f"central DP (hospital-level): epsilon {c['epsilon']:.3f} at delta {c['delta']:g} after "
               f"{c['releases']} noisy rounds (noise {c['noise_multiplier']:g}, clip {c['clipping_norm']:g})", flush=True)
     write_report_png(out_dir, recorder.rows)
+    skipped = {r["round"] for r in card["rounds_skipped"] if r["split"] == "train"}
+    if skipped >= set(range(1, config.num_server_rounds + 1)):
+        raise FedwardError(
+            f"no round of the run had a usable update (every hospital refused or was set aside in all "
+            f"{config.num_server_rounds} rounds; reasons in {out_dir / 'rejections.jsonl'}): the model was never trained"
+        )
     print(f"run finished: report in {out_dir}", flush=True)
     return out_dir
 

@@ -15,6 +15,7 @@ from flwr.app import Array, ArrayRecord, Message
 
 from client.app import app
 from common.config import RunConfig
+from common.errors import FedwardError
 from server.federation import run_federation
 from server.records import load_checkpoint
 from tests.inprocess_grid import InProcessGrid
@@ -70,8 +71,9 @@ def test_nan_wrong_shapes_and_x100_are_rejected_and_accuracy_holds(data_dir: Pat
 def test_a_round_with_too_few_replies_is_skipped_and_the_model_kept(tmp_path: Path):
     config = RunConfig(num_server_rounds=2, min_hospitals=2, min_replies=3, out_dir=str(tmp_path))
     nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
-    run_federation(InProcessGrid(app, nodes), config)
-    card = json.loads((tmp_path / "model_card.json").read_text())
+    with pytest.raises(FedwardError, match="no round of the run had a usable update"):  # the run failed ...
+        run_federation(InProcessGrid(app, nodes), config)
+    card = json.loads((tmp_path / "model_card.json").read_text())  # ... and says why in its card
     assert [(s["round"], s["split"]) for s in card["rounds_skipped"]] == [(1, "train"), (2, "train")]
     assert "min-replies=3" in card["rounds_skipped"][0]["reason"]
     _, first, _ = load_checkpoint(tmp_path / "checkpoints" / "round-0001.npz")
