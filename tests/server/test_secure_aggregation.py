@@ -24,7 +24,7 @@ from flwr.compat.common import recorddict_compat as compat
 import client.secure
 from client.app import app
 from common.config import RunConfig
-from common.errors import ConfigError
+from common.errors import ConfigError, FedwardError
 from common.ledger import PrivacyLedger
 from common.serialization import ARRAY_KEYS
 from server.federation import run_federation
@@ -207,7 +207,8 @@ def test_a_hospital_requiring_secure_aggregation_refuses_plain_train_messages(tm
     nodes = [{"partition-id": i, "num-partitions": 3, "require-secure-aggregation": True} for i in range(3)]
     plain = RunConfig(num_server_rounds=1, min_hospitals=3, out_dir=str(tmp_path / "plain"))
     grid = WireTap(app, nodes)
-    run_federation(grid, plain)
+    with pytest.raises(FedwardError, match="no round of the run had a usable update"):
+        run_federation(grid, plain)
     train = [m for m in grid.received if m.metadata.message_type == "train"]
     assert train and all(dict(m.content["refusal"]) == {"reason": "secure-aggregation-required"} for m in train)
     assert all("arrays" not in m.content for m in train), "no plain update left any hospital"
