@@ -354,7 +354,7 @@ def check_approvals(approved: list[str]) -> None:
 
 def launch(args: argparse.Namespace) -> int:
     from fedward.launch import (CONTROL_API_WARNING, control_api_is_open, describe, run_supernode,
-                                superlink_command, supernode_command)
+                                superlink_command, supernode_command, supernode_processes)
 
     if args.command == "superlink":
         command = superlink_command(args.certs, args.database, args.host, args.port,
@@ -370,7 +370,11 @@ def launch(args: argparse.Namespace) -> int:
         if args.max_retries is not None:
             command += ["--max-retries", str(args.max_retries)]
     if args.dry_run:
-        print(describe(command))
+        if args.command == "supernode":  # the two processes it runs, not Flower's stock SuperNode
+            for process in supernode_processes(command, args.port, tuple(args.approve_fab), args.cold):
+                print(describe(process))
+        else:
+            print(describe(command))
         return 0
     if args.command == "supernode":
         return run_supernode(command, args.port, tuple(args.approve_fab), args.cold, args.activation_wait)

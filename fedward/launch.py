@@ -136,20 +136,18 @@ def _run_supernode_once(command: list[str], runtime_port: int, approved: tuple[s
     def tie() -> None:
         die_with_parent(expected_parent=parent)
 
-    node_command = ([command[0], *command[1:]] if cold else
-                    [sys.executable, "-m", "client.fast_supernode", *command[1:]])
-    node = subprocess.Popen([*node_command, "--isolation", "process"], preexec_fn=tie,  # noqa: S603
+    node_command, executor_command = supernode_processes(command, runtime_port, approved, cold)
+    node = subprocess.Popen(node_command, preexec_fn=tie,  # noqa: S603
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     refused = threading.Event()
     relay = threading.Thread(target=_relay, args=(node.stdout, refused), daemon=True)
     relay.start()
-    executor = subprocess.Popen([
-        sys.executable, "-m", "client.warm_executor",
-        "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--parent-pid", str(node.pid),
-        *(["--cold"] if cold else []), *(f"--approve-fab={sha}" for sha in approved),
-    ], preexec_fn=tie)  # noqa: S603
+    executor = subprocess.Popen([part.replace(NODE_PID, str(node.pid)) for part in executor_command],
+                                preexec_fn=tie)  # noqa: S603
+    stopping: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)
         for child in (node, executor):
             if child.poll() is None:
                 child.send_signal(signum)
@@ -161,7 +159,25 @@ def _run_supernode_once(command: list[str], runtime_port: int, approved: tuple[s
     if executor.poll() is None:
         executor.terminate()
         executor.wait(timeout=30)
+    if code == 0 and not stopping:
+        print("fedward: the SuperNode stopped although nobody stopped it here; if the operator unregistered "
+              "this hospital's key, its connection is closed for good (ask the operator: `flwr supernode ls`)",
+              file=sys.stderr, flush=True)
     return ACTIVATION_REFUSED if code != 0 and refused.is_set() else code
+
+
+NODE_PID = "{SUPERNODE_PID}"
+
+
+def supernode_processes(command: list[str], runtime_port: int, approved: tuple[str, ...] = (),
+                        cold: bool = False) -> tuple[list[str], list[str]]:
+    """What `fedward supernode` runs: Flower's SuperNode (idle waits capped, `--isolation process`)
+    and fedward's executor, which runs every ClientApp through client.fab_guard. The executor's
+    `--parent-pid` is NODE_PID until the SuperNode has started."""
+    node = ([command[0], *command[1:]] if cold else [sys.executable, "-m", "client.fast_supernode", *command[1:]])
+    executor = [sys.executable, "-m", "client.warm_executor", "--runtime-api-address", f"127.0.0.1:{runtime_port}",
+                "--parent-pid", NODE_PID, *(["--cold"] if cold else []), *(f"--approve-fab={sha}" for sha in approved)]
+    return [*node, "--isolation", "process"], executor
 
 
 def _relay(output: IO[bytes], refused: threading.Event) -> None:

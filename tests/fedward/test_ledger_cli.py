@@ -76,6 +76,8 @@ def test_supernode_with_only_a_data_path_keeps_a_default_ledger_and_says_so(tmp_
     out, err = capsys.readouterr()
     ledger = fedward_home / "privacy-ledger.sqlite"
     assert f'privacy-ledger="{ledger}"' in out and ledger.exists(), "the default ledger, named explicitly"
+    assert "-m client.fast_supernode" in out and "-m client.warm_executor" in out, "what really runs, not stock Flower"
+    assert "flower-supernode " not in out
     assert "DP required" in err and "epsilon-budget 10 (default)" in err and "run-epsilon-cap 3 per run and per 24 h (default)" in err
     assert main([*args, "--allow-no-dp", "--dataset-name", "va-cardiology", "--require-secure-aggregation"]) == 0
     out, err = capsys.readouterr()
