@@ -106,7 +106,7 @@ def main() -> None:
 
 def rows_for(name: str, seeds_default: int, tuned_seeds: int) -> list[dict]:
     table = []
-    methods = [("fedavg, 5 hospitals", 8.0, seeds_default), ("centralised", 0.0, seeds_default)]
+    methods = [("fedavg, 5 hospitals", 8.0, seeds_default), ("centralised", 0.0, seeds_default)] if seeds_default else []
     if tuned_seeds:
         methods.append(("fedavg, 5 hospitals, tuned flags", 8.0, tuned_seeds))
     for method, epsilon, seeds in methods:
