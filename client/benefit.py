@@ -116,7 +116,7 @@ def benefit_report(
     saved = folder / REPORT
     if saved.is_file():  # once per run: a repeated final evaluation learns nothing new
         return dict(json.loads(saved.read_text())["row"])
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     row: dict[str, Any] = {"hospital": hospital.name, "status": OK, "n_train": len(hospital.train),
                            "n_test": len(hospital.test)}
     details: dict[str, Any] = {}

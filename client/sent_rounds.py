@@ -70,7 +70,7 @@ class SentRounds:
         return SentRound(arrays, dict(meta["metrics"]))
 
     def save(self, server_round: int, arrays: ArrayRecord, metrics: dict[str, int | float], digest: str) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # the hospital's own, like its ledger
         arrays_path, meta_path = self._paths(server_round)
         keys = list(arrays.keys())
         with _atomic(arrays_path) as handle:

@@ -25,6 +25,7 @@ with the same name become versions of one line.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -145,6 +146,8 @@ class PrivacyLedger:
             raise LedgerError(f"privacy-ledger={self.path} is a folder; give a file path, e.g. {self.path}/ledger.sqlite")
         if not self.path.parent.is_dir():
             raise LedgerError(f"privacy-ledger={self.path}: folder {self.path.parent} does not exist; create it first")
+        if not self.path.exists():  # readable by the hospital's service account alone (SQLite's WAL files follow)
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         deadline = time.monotonic() + timeout_s
         while True:
             self._db = None  # type: ignore[assignment]

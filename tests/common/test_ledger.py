@@ -182,3 +182,8 @@ def test_a_resumed_run_continues_its_own_account(tmp_path: Path):
         with pytest.raises(BudgetExceeded, match="run's own target 1"):
             ledger.reserve(line, "renamed", fits + 1, *step, flwr_run_id="resumed", limits=RunLimits(target=1.0))
         assert len(ledger.run_charges("ward-7", "renamed", "resumed")) == fits
+
+
+def test_a_new_ledger_is_readable_by_its_owner_alone(tmp_path: Path):
+    PrivacyLedger(tmp_path / "ledger.sqlite").close()
+    assert (tmp_path / "ledger.sqlite").stat().st_mode & 0o777 == 0o600
