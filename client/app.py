@@ -166,6 +166,7 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int, masked: bool
         "num-examples": outcome.num_examples,
         "epsilon": epsilon,
         "noise-multiplier": dp.noise_multiplier if dp else 0.0,
+        "delta": account.delta if account else 0.0,  # the hospital's own (node config), not the run's
         "steps": account.steps_per_round if account else outcome.steps,
         "seconds": round(seconds, 1),
         "skipped-files": hospital.skipped_files,

@@ -65,6 +65,7 @@ def model_card(
             "test_samples": evaluation and evaluation["num_examples"],
             "epsilon_spent": train and train["epsilon"],
             "privacy_unit": train and train.get("privacy_unit"),
+            "delta": train and train.get("delta"),
             "rounds_trained": trained,
             "rounds_missed": [r for r in range(1, config.num_server_rounds + 1) if r not in trained],
             "rounds_refused": [  # the hospital said no, e.g. its privacy ledger's budget
@@ -83,7 +84,10 @@ def model_card(
         "differential_privacy": {
             "enabled": config.dp,
             "target_epsilon": config.epsilon if config.dp else None,
-            "delta": config.delta if config.dp else None,
+            # what the hospitals account with (each sets its own; the run's is only a request)
+            "delta": max((h["delta"] for h in hospitals.values() if h.get("delta")), default=None)
+            if config.dp else None,
+            "delta_requested": config.delta if config.dp else None,
             "max_grad_norm": config.max_grad_norm if config.dp else None,
             "accountant": "opacus rdp",
             "privacy_unit": _units(hospitals) if config.dp else None,

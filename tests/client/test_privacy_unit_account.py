@@ -39,6 +39,7 @@ def test_the_ledger_accounts_per_patient_where_the_data_names_patients(tmp_path:
     assert not reply.has_error(), reply.error
     unit = "patient" if patients else "record"
     assert reply.content["hospital"]["privacy-unit"] == unit
+    assert reply.content["metrics"]["delta"] == 1e-3, "the hospital's delta, not the run's 1e-5"
     with PrivacyLedger(ledger) as book:
         (line,) = book.datasets()
         (charge,) = book.charges(line.name)
