@@ -409,6 +409,9 @@ def print_summary(card: dict, out_dir: Path) -> None:
     for key in ("tstr-accuracy", "trtr-accuracy"):
         if key in final:
             print(f"{key} {_fmt(final[key])}")
+    dp = card.get("differential_privacy", {})
+    if dp.get("enabled") and dp.get("privacy_unit"):
+        print(f"privacy unit: {dp['privacy_unit']}")
     if card.get("secure_aggregation", {}).get("enabled"):
         print("secure aggregation (SecAgg+): the server saw only the masked sum of updates")
     cdp = card.get("central_dp", {})
