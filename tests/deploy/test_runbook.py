@@ -186,7 +186,7 @@ def test_the_runbook_as_written_on_loopback(deployment: Deployment, tmp_path: Pa
     status = json.loads((out / "run-status.json").read_text())
     assert status["status"] == "finished:completed" and status["completed"], status
     card = json.loads((out / "model_card.json").read_text())
-    assert set(card["hospitals"]) == set(HOSPITALS) and card["rounds"] == 10
+    assert set(card["hospitals"]) == set(HOSPITALS) and card["rounds"] == 5
     assert "finished:completed" in launched.stdout
 
     # Item 4: at the address hospitals use, only the Fleet API answers.
