@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from common.config import RunConfig
 from common.data import Samples
-from common.per_sample import per_sample_layers
 from common.privacy import DPState, calibrate_noise
 from common.tasks import get_task, resolve
 from common.tasks.image_cnn.dataset import load_medmnist
 from common.training import dp_plan
+from tests.per_sample_check import assert_per_sample_gradients_are_each_samples_own
 
 
 @pytest.mark.parametrize(("model_name", "shape"), [("", (1, 28, 28)), ("", (3, 28, 28)), ("scatter-cnn", (1, 28, 28))])
@@ -21,18 +20,7 @@ def test_per_sample_gradients_of_the_image_models_are_each_images_own(model_name
     torch.manual_seed(0)
     model = get_task("image-cnn").build_model(shape, 3, RunConfig(task="image-cnn", model=model_name))
     x, y = torch.rand(5, *shape), torch.randint(0, 3, (5,))
-    expected = []
-    for i in range(len(y)):
-        model.zero_grad()
-        nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
-        expected.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    model.zero_grad(set_to_none=True)
-    with per_sample_layers(model):
-        nn.functional.cross_entropy(model(x), y).backward()
-    for name, param in model.named_parameters():
-        assert param.grad is None, name
-        for i, want in enumerate(expected):
-            assert torch.allclose(param.grad_sample[i], want[name], atol=1e-5, rtol=1e-4), (name, i)
+    assert_per_sample_gradients_are_each_samples_own(model, x, y)
 
 
 def test_what_a_hospital_sends_is_trained_weights_only():

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from common.config import RunConfig
-from common.per_sample import per_sample_layers
 from common.privacy import DPState
 from common.data import Samples, local_split
 from common.tasks import get_task, load_data, resolve
+from tests.per_sample_check import assert_per_sample_gradients_are_each_samples_own
 
 
 @pytest.mark.parametrize("model_name", ["cnn-lstm", "cnn-gru"])
@@ -18,17 +17,7 @@ def test_the_front_ends_per_sample_gradients_are_each_samples_own(model_name: st
     torch.manual_seed(0)
     model = get_task("sequence-rnn").build_model((90, 4), 5, RunConfig(task="sequence-rnn", model=model_name))
     x, y = torch.randn(6, 90, 4), torch.randint(0, 5, (6,))
-    expected = []
-    for i in range(len(y)):
-        model.zero_grad()
-        nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
-        expected.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    model.zero_grad(set_to_none=True)
-    with per_sample_layers(model):
-        nn.functional.cross_entropy(model(x), y).backward()
-    for name, param in model.named_parameters():
-        for i, want in enumerate(expected):
-            assert torch.allclose(param.grad_sample[i], want[name], atol=1e-5, rtol=1e-4), (name, i)
+    assert_per_sample_gradients_are_each_samples_own(model, x, y)
 
 
 def test_the_default_sequence_model_beats_the_majority_class_under_dp(mitbih_subset):
