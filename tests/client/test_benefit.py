@@ -24,23 +24,10 @@ from common.metrics import classification_metrics
 from common.tasks import get_task, resolve
 from common.training import predict_proba
 from server.federation import run_federation
-from tests.inprocess_grid import InProcessGrid
+from tests.inprocess_grid import InProcessGrid, WireTap
 
 SITES = ("cleveland", "hungarian", "switzerland", "va")
 HEADLINE = ("balanced_accuracy", "auroc", "accuracy")
-
-
-class WireTap(InProcessGrid):
-    """Keeps every reply the server pulls: all that server-side code ever holds."""
-
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self.received: list[Message] = []
-
-    def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]
-        replies = list(super().pull_messages(message_ids))
-        self.received.extend(replies)
-        return replies
 
 
 def simulated(data_dir: Path, out: Path, dp: bool = True) -> tuple[RunConfig, list[dict]]:

@@ -30,22 +30,9 @@ from common.serialization import ARRAY_KEYS
 from server.federation import run_federation
 from server.secure_round import error_bound
 from tests.client.test_client_app import initial
-from tests.inprocess_grid import InProcessGrid
+from tests.inprocess_grid import WireTap
 
 HOSPITALS = 4
-
-
-class WireTap(InProcessGrid):
-    """Keeps every reply the server pulls: all that server-side code ever holds."""
-
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self.received: list[Message] = []
-
-    def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]
-        replies = list(super().pull_messages(message_ids))
-        self.received.extend(replies)
-        return replies
 
 
 def received_arrays(replies: list[Message]) -> list[np.ndarray]:
