@@ -92,17 +92,11 @@ def build():
         if a.pool:
             return nn.Sequential(nn.GroupNorm(a.groups, chan, affine=False), nn.AdaptiveAvgPool2d(a.pool), nn.Flatten(), nn.Linear(chan * a.pool ** 2, K))
         return nn.Sequential(nn.GroupNorm(a.groups, chan, affine=False), nn.Flatten(), nn.Linear(chan * 49, K))
-    if a.model == "scat-cnn":
-        w = a.width
+    if a.model in ("scat-cnn", "scat-cnn-relu"):
+        w, act = a.width, (nn.ReLU if a.model == "scat-cnn-relu" else nn.Tanh)
         return nn.Sequential(nn.GroupNorm(a.groups, chan, affine=False),
-            nn.Conv2d(chan, w, 3, padding=1), nn.GroupNorm(4, w), nn.Tanh(),
-            nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(4, w), nn.Tanh(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * w, K))
-    if a.model == "scat-cnn-relu":
-        w = a.width
-        return nn.Sequential(nn.GroupNorm(a.groups, chan, affine=False),
-            nn.Conv2d(chan, w, 3, padding=1), nn.GroupNorm(4, w), nn.ReLU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(4, w), nn.ReLU(),
+            nn.Conv2d(chan, w, 3, padding=1), nn.GroupNorm(4, w), act(),
+            nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(4, w), act(),
             nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * w, K))
     if a.model == "cnn":
         from common.tasks.image_cnn.model import MedCNN

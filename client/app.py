@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.benefit import final_benefit
-from client.failures import RunConfigError, failure_reply, failure_text
+from client.failures import FAILURE_CODE, RunConfigError, failure_text
 from client.hospital import HospitalData, hospital_data, hospital_name, node_settings
 from client.node_privacy import NodePrivacy, node_privacy
 from client.privacy_state import RunAccount
@@ -55,8 +55,13 @@ def _answer(msg: Message, context: Context, handle: Callable[[], Message]) -> Me
     try:
         return handle()
     except Exception as err:  # noqa: BLE001 - every failure is answered, none is quoted
-        settings = node_settings(context.node_config)
-        return failure_reply(msg, err, hospital_name(settings), settings)
+        return Message(Error(code=FAILURE_CODE, reason=_failure(err, context)), reply_to=msg)
+
+
+def _failure(err: BaseException, context: Context) -> str:
+    """Log `err` in the hospital's log; the one line the server may read about it."""
+    settings = node_settings(context.node_config)
+    return failure_text(err, hospital_name(settings), settings)
 
 
 def _reply(  # type: ignore[no-untyped-def]
@@ -113,8 +118,7 @@ def train(msg: Message, context: Context) -> Message:
         except SecureRoundRefused:
             raise
         except Exception as err:  # noqa: BLE001 - re-raised without its text
-            settings = node_settings(context.node_config)
-            raise SecureRoundRefused(failure_text(err, hospital_name(settings), settings)) from None
+            raise SecureRoundRefused(_failure(err, context)) from None
     return _answer(msg, context, lambda: Message(content=_train(msg.content, context, msg.metadata.run_id),
                                                  reply_to=msg))
 

@@ -21,8 +21,6 @@ import traceback
 from collections.abc import Mapping
 from pathlib import Path
 
-from flwr.app import Error, Message
-
 from common.errors import ConfigError, DataError, FedwardError, ModelMismatch
 
 INCIDENT_LOG = "incident-log"
@@ -69,8 +67,3 @@ def failure_text(err: BaseException, hospital: str, node_config: Mapping[str, ob
     """Log `err` at the hospital; the line the server may read: name, category, log reference."""
     ref = log_incident(err, hospital, node_config)
     return f"hospital {hospital}: {public_summary(err)}; details in the hospital's log, ref {ref}"
-
-
-def failure_reply(msg: Message, err: BaseException, hospital: str, node_config: Mapping[str, object]) -> Message:
-    """An error reply that carries only `failure_text`."""
-    return Message(Error(code=FAILURE_CODE, reason=failure_text(err, hospital, node_config)), reply_to=msg)
