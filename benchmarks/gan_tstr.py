@@ -1,7 +1,8 @@
 """Synthetic images from a federated DP GAN: train on synthetic, test on real (TSTR).
 
     .venv/bin/python benchmarks/gan_tstr.py [--data pneumoniamnist] [--epsilons 0 10] [--rounds 20]
-        [--local-epochs 1] [--hospitals 5] [--seeds 0 1 2]
+        [--local-epochs 1] [--hospitals 5] [--seeds 0 1 2] [--score-on test|validation]
+    .venv/bin/python benchmarks/gan_tstr.py --rows-from LOG   # the table from a cut-short run's printed rows
 
 A conditional DCGAN is trained by `hospitals` hospitals (PneumoniaMNIST's
 official train split, iid) with FedAvg through the real round loop and
@@ -84,6 +85,14 @@ def run(name: str, hospitals: int, rounds: int, local_epochs: int, epsilon: floa
     }
 
 
+def summarise(rows: list[dict]) -> dict:
+    """Mean (and the ratio's spread) over one data set's and epsilon's seeds."""
+    ratios = [r["ratio"] for r in rows]
+    return {"data": rows[0]["data"], "seed": f"mean of {len(rows)}", "epsilon": rows[0]["epsilon"],
+            **{k: statistics.mean(r[k] for r in rows) for k in ("tstr", "trtr", "ratio", "fd", "fd_real", "fd_ratio")},
+            "ratio_sd": statistics.stdev(ratios) if len(ratios) > 1 else float("nan")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", nargs="+", default=["pneumoniamnist"])
@@ -95,31 +104,33 @@ def main() -> None:
     parser.add_argument("--score-on", choices=["test", "validation"], default="test",
                         help="the split TSTR and fidelity are scored on (validation: for choosing settings)")
     parser.add_argument("--section", default="", help="a suffix for the docs section (quick checks keep theirs apart)")
+    parser.add_argument("--rows-from", type=Path, default=None,
+                        help="build the table from the gan_tstr JSON lines an earlier run printed (a log), "
+                             "running nothing: for a run cut short, its finished seeds")
     args = parser.parse_args()
+    if args.rows_from is not None:
+        lines = (json.loads(line) for line in args.rows_from.read_text().splitlines() if line.startswith("{"))
+        rows = [{k: v for k, v in r.items() if k != "measure"} for r in lines if r.get("measure") == "gan_tstr"]
+    else:
+        rows = []
+        for name in args.data:
+            if not (DATA / f"{name}.npz").exists():
+                sys.exit(f"{DATA / name}.npz is missing: set FEDWARD_DATA_DIR to the folder holding medmnist/")
+            for epsilon in args.epsilons:
+                for seed in args.seeds:
+                    row = {"seed": seed, **run(name, args.hospitals, args.rounds, args.local_epochs, epsilon, seed,
+                                                    args.score_on)}
+                    print(json.dumps({"measure": "gan_tstr", **row}), flush=True)
+                    rows.append(row)
     table = []
-    for name in args.data:
-        if not (DATA / f"{name}.npz").exists():
-            sys.exit(f"{DATA / name}.npz is missing: set FEDWARD_DATA_DIR to the folder holding medmnist/")
-        for epsilon in args.epsilons:
-            rows = []
-            for seed in args.seeds:
-                row = {"seed": seed, **run(name, args.hospitals, args.rounds, args.local_epochs, epsilon, seed,
-                                                args.score_on)}
-                print(json.dumps({"measure": "gan_tstr", **row}), flush=True)
-                rows.append(row)
-            ratios = [r["ratio"] for r in rows]
-            summary = {"data": name, "seed": f"mean of {len(rows)}", "epsilon": rows[0]["epsilon"],
-                       "tstr": statistics.mean(r["tstr"] for r in rows), "trtr": statistics.mean(r["trtr"] for r in rows),
-                       "ratio": statistics.mean(ratios),
-                       "ratio_sd": statistics.stdev(ratios) if len(ratios) > 1 else float("nan"),
-                       "fd": statistics.mean(r["fd"] for r in rows),
-                       "fd_real": statistics.mean(r["fd_real"] for r in rows),
-                       "fd_ratio": statistics.mean(r["fd_ratio"] for r in rows)}
-            print(json.dumps({"measure": "gan_tstr_summary", **summary}), flush=True)
-            table.extend([*rows, summary])
+    for key in dict.fromkeys((r["data"], r["epsilon"]) for r in rows):
+        group = [r for r in rows if (r["data"], r["epsilon"]) == key]
+        summary = summarise(group)
+        print(json.dumps({"measure": "gan_tstr_summary", **summary}), flush=True)
+        table.extend([*group, summary])
     write_section(
         "GAN: train on synthetic, test on real" + (f", {args.section}" if args.section else "")
-        + (f", scored on {args.score_on}" if args.score_on != "test" else ""), table,
+        + "".join(f", scored on {split}" for split in sorted({r["scored_on"] for r in rows} - {"test"})), table,
         ["data", "hospitals", "rounds", "local_epochs", "epsilon", "seed", "scored_on", "tstr", "trtr", "ratio",
          "ratio_sd", "majority", "fd", "fd_real", "fd_ratio", "epsilon_spent", "seconds"],
         notes="Conditional DCGAN, FedAvg, iid hospitals; DP on the discriminator only. tstr / trtr: the image "

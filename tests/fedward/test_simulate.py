@@ -162,6 +162,7 @@ def test_image_gan_writes_samples_and_tstr(data_dir: Path, tmp_path: Path):
     card = assert_run_directory(out, rounds=2)
     final = card["final_metrics"]
     assert 0 <= final["tstr-accuracy"] <= 1 and 0 <= final["trtr-accuracy"] <= 1
+    assert final["fd"] > 0 and final["fd-real"] > 0 and final["fd-ratio"] == final["fd"] / final["fd-real"]
     assert (out / "samples.png").stat().st_size > 500
     keys = set(torch.load(out / "final_model.pt"))
     assert any(k.startswith("generator.") for k in keys) and any(k.startswith("discriminator.") for k in keys)
