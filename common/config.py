@@ -70,14 +70,14 @@ class RunConfig:
     task: str = "tabular"
     data_path: str = "builtin:breast-cancer"
     partition: str = "iid"
-    num_server_rounds: int = 3
+    num_server_rounds: int = 0  # 0 = the task's default (common/tasks/base.py), as for lr, batch-size, max-grad-norm
     strategy: str = "fedavg"
     dp: bool = True
     epsilon: float = 3.0
     delta: float = 1e-5
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 0.0  # 0 = the task's default
     local_epochs: int = 1
-    batch_size: int = 32
+    batch_size: int = 0  # 0 = the task's default
     lr: float = 0.0  # 0 = the task's default learning rate
     proximal_mu: float = 0.01
     server_lr: float = 0.1
@@ -91,6 +91,9 @@ class RunConfig:
     # each sampled patient contributes at most this many of its samples (its gradient is their mean).
     records_per_patient: int = 16
     prior_correction: bool = True
+    # Under DP, each hospital releases its noisy class histogram once per run (charged in its account) and
+    # the server scores decisions by the balanced rule on that prior (common/class_prior.py); false: argmax.
+    balanced_decision: bool = True
     min_hospitals: int = 2
     round_timeout: float = 600.0
     min_replies: int = 1  # fewer usable train replies: the round is skipped (model kept)
@@ -156,9 +159,9 @@ class RunConfig:
         Partition.parse(self.partition)
         if self.bad_files not in ("stop", "skip"):
             raise ConfigError(f"bad-files={self.bad_files!r} must be 'stop' or 'skip'")
-        _positive("num-server-rounds", self.num_server_rounds)
+        _task_default_or_positive("num-server-rounds", self.num_server_rounds)
         _positive("local-epochs", self.local_epochs)
-        _positive("batch-size", self.batch_size)
+        _task_default_or_positive("batch-size", self.batch_size)
         _positive("records-per-patient", self.records_per_patient)
         if self.lr < 0:
             raise ConfigError(f"lr={self.lr} must be > 0 (or 0 for the task's default)")
@@ -208,7 +211,7 @@ class RunConfig:
                 )
             if not 0.0 < self.delta < 1.0:
                 raise ConfigError(f"delta={self.delta} must be in (0, 1)")
-            _positive("max-grad-norm", self.max_grad_norm)
+            _task_default_or_positive("max-grad-norm", self.max_grad_norm)
         if self.image_size % 4 and self.task == "image-gan":
             raise ConfigError(
                 f"image-size={self.image_size}: the GAN needs a multiple of 4 (e.g. 28)"
@@ -218,6 +221,11 @@ class RunConfig:
 def _positive(key: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{key}={value} must be > 0")
+
+
+def _task_default_or_positive(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{key}={value} must be > 0 (or 0 for the task's default)")
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:

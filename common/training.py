@@ -71,8 +71,16 @@ def batches_per_epoch(num_samples: int, batch_size: int) -> int:
     return max(1, math.ceil(num_samples / batch_size))
 
 
+def _with_task_defaults(config: RunConfig) -> RunConfig:
+    """Settings left at 0 ("the task's default") filled in: every plan and step sees resolved values."""
+    from common.tasks import resolve  # lazy: the task registry imports this module
+
+    return resolve(config)
+
+
 def planned_steps(num_samples: int, config: RunConfig) -> int:
     """Optimiser steps a hospital takes over the whole run, `num_samples` units at `batch-size` units a batch."""
+    config = _with_task_defaults(config)
     per_round = config.local_epochs * batches_per_epoch(num_samples, config.batch_size)
     return config.num_server_rounds * per_round
 
@@ -85,6 +93,7 @@ def privacy_unit(data: Samples) -> str:
 def dp_plan(data: Samples, config: RunConfig) -> DPPlan:
     """The privacy unit, sample rate and planned steps of DP training on `data` (a training split):
     `batch-size` counts units (patients or records)."""
+    config = _with_task_defaults(config)
     unit = privacy_unit(data)
     units = len(data) if data.patients is None else len(np.unique(data.patients))
     per_epoch = batches_per_epoch(units, config.batch_size)
@@ -207,6 +216,7 @@ def fit_classifier(
 ) -> TrainOutcome:
     """Train `model` in place on `data` for the configured local epochs (under DP,
     per-sample gradients by Opacus's `grad_sample_mode`)."""
+    config = _with_task_defaults(config)
     torch.manual_seed(round_seed)
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)

@@ -23,14 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--data", help="data path (file or folder); default: breast-cancer for tabular")
     sim.add_argument("--hospitals", type=int, default=4, help="number of virtual hospitals")
     sim.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | natural")
-    sim.add_argument("--rounds", type=int, default=3)
+    sim.add_argument("--rounds", type=int, default=0,
+                     help="server rounds (0: the task's default, image-cnn 10, the other tasks 3)")
     sim.add_argument("--strategy", default="fedavg", help=f"one of {', '.join(STRATEGY_NAMES)}")
     sim.add_argument("--epsilon", type=float, default=3.0, help="each hospital's target epsilon for the run")
     sim.add_argument("--delta", type=float, default=1e-5)
     sim.add_argument("--no-dp", action="store_true", help="train without differential privacy")
-    sim.add_argument("--max-grad-norm", type=float, default=1.0)
+    sim.add_argument("--max-grad-norm", type=float, default=0.0,
+                     help="DP clipping norm (0: the task's default, image-cnn 0.1, the other tasks 1.0)")
     sim.add_argument("--local-epochs", type=int, default=1)
-    sim.add_argument("--batch-size", type=int, default=32)
+    sim.add_argument("--batch-size", type=int, default=0,
+                     help="(expected) batch size (0: the task's default, image-cnn 128 under DP, otherwise 32)")
     sim.add_argument("--lr", type=float, default=0.0, help="local learning rate (0: the task's default)")
     sim.add_argument("--model", default="", help="tabular: logreg|mlp; sequence-rnn: lstm|gru")
     sim.add_argument("--no-class-weighting", action="store_true",
@@ -211,7 +214,7 @@ def simulate(args: argparse.Namespace) -> int:
     from fedward.simulation import run_simulation
 
     if args.resume:
-        config = resumed_config(args.resume)
+        config = resolve(resumed_config(args.resume))  # a run.json written before task defaults: 0 -> default
         hospitals = config.min_hospitals
     else:
         config = resolve(config_from_args(args))
@@ -221,7 +224,9 @@ def simulate(args: argparse.Namespace) -> int:
                                                                                getattr(args, "benefit", False)))
     print(f"fedward: {config.task} on {config.data_path}, {hospitals} hospitals "
           f"({config.partition}), {config.num_server_rounds} rounds of {config.strategy}, "
-          + (f"DP epsilon={config.epsilon:g} delta={config.delta:g}" if config.dp else "no DP")
+          + (f"DP epsilon={config.epsilon:g} delta={config.delta:g}, " if config.dp else "no DP, ")
+          + f"batch {config.batch_size}" + (f", clip {config.max_grad_norm:g}" if config.dp else "")
+          + f", lr {config.lr:g}"
           + (", secure aggregation (SecAgg+)" if config.secure_aggregation else "")
           + (f", resuming {config.out_dir}" if config.resume else ""),
           flush=True)

@@ -31,11 +31,19 @@ def get_task(name: str) -> Task:
 
 
 def resolve(config: RunConfig) -> RunConfig:
-    """The config with the task's defaults filled in (lr=0 -> the task's lr)."""
-    if config.lr == 0:
-        task = get_task(config.task)
-        return config.replace(lr=task.default_dp_lr if config.dp else task.default_lr)
-    return config
+    """The config with the task's defaults filled in where a setting is 0 ("the task's default"):
+    lr, batch-size, max-grad-norm, num-server-rounds (common/tasks/base.py). Idempotent; an
+    explicit value is kept. Everything that trains, plans DP steps, accounts or reports reads
+    the resolved config."""
+    task = get_task(config.task)
+    defaults = {
+        "lr": task.default_dp_lr if config.dp else task.default_lr,
+        "batch_size": task.default_dp_batch_size if config.dp else task.default_batch_size,
+        "max_grad_norm": task.default_max_grad_norm,
+        "num_server_rounds": task.default_rounds,
+    }
+    unset = {name: value for name, value in defaults.items() if getattr(config, name) == 0}
+    return config.replace(**unset) if unset else config
 
 
 def load_data(config: RunConfig, path: str | None = None) -> TaskData:

@@ -33,8 +33,11 @@ class Task:
     A task's reader scales features record by record with public constants (never
     with statistics of the data, which would couple records under DP).
     `finish` runs on the server after the last round (e.g. the GAN's samples and
-    train-on-synthetic score). When the run sets lr=0, `default_lr` applies, or
-    `default_dp_lr` under DP: clipped, noisy gradients want a larger step.
+    train-on-synthetic score). A run setting left at 0 means "the task's default":
+    lr -> `default_lr`, or `default_dp_lr` under DP (clipped, noisy gradients want a
+    larger step); batch-size -> `default_batch_size`, or `default_dp_batch_size` under
+    DP (a larger expected batch shrinks the noise relative to the signal);
+    max-grad-norm -> `default_max_grad_norm`; num-server-rounds -> `default_rounds`.
     """
 
     name: str
@@ -45,4 +48,8 @@ class Task:
     finish: Finisher | None = None
     default_lr: float = 0.01
     default_dp_lr: float = 0.1
+    default_rounds: int = 3
+    default_batch_size: int = 32
+    default_dp_batch_size: int = 32
+    default_max_grad_norm: float = 1.0
     classifier: bool = True

@@ -18,7 +18,7 @@ def test_strings_from_the_command_line_are_coerced():
     ("values", "named"),
     [
         ({"num-rounds": 3}, "unknown setting 'num-rounds'"),
-        ({"num-server-rounds": 0}, "num-server-rounds=0 must be > 0"),
+        ({"num-server-rounds": -1}, "num-server-rounds=-1 must be > 0"),
         ({"num-server-rounds": 2.5}, "num-server-rounds=2.5 must be an integer"),
         ({"epsilon": 0}, "epsilon=0.0 must be > 0"),
         ({"epsilon": -1}, "epsilon=-1.0 must be > 0"),

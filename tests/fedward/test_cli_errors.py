@@ -20,7 +20,7 @@ def run(capsys, *args: str) -> tuple[int, str]:
         (["--task", "segmentation"], "task='segmentation' is not known"),
         (["--strategy", "fedsgd"], "strategy='fedsgd' is not known"),
         (["--epsilon", "0"], "epsilon=0.0 must be > 0"),
-        (["--rounds", "0"], "num-server-rounds=0 must be > 0"),
+        (["--rounds", "-1"], "num-server-rounds=-1 must be > 0"),
         (["--partition", "dirichlet:0"], "Dirichlet alpha must be a positive"),
         (["--hospitals", "600"], "600 hospitals but only 569 samples"),
         (["--task", "image-cnn"], "--data is required for task image-cnn"),

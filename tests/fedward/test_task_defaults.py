@@ -1,0 +1,90 @@
+"""Defaults are what most users run: each task brings its own rounds, batch size, clip and lr.
+
+`fedward simulate --task image-cnn --data X.npz --epsilon 8` with no tuning flag runs the
+image recipe chosen on validation splits (benchmarks/medmnist_image_search.py); a tabular
+run keeps its old defaults; an explicit flag wins; `flwr run` (pyproject's run config)
+resolves the same way; the epsilon a hospital reports is the accountant's for the
+resolved steps and sample rate.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from common.config import RunConfig
+from common.errors import ConfigError
+from common.tasks import resolve
+from common.training import batches_per_epoch
+from fedward.cli import build_parser, config_from_args
+from tests.conftest import PROJECT_ROOT, assert_run_directory, read_metrics
+
+SETTINGS = ("num_server_rounds", "batch_size", "max_grad_norm", "lr")
+
+
+def cli_config(*flags: str) -> RunConfig:
+    args = build_parser().parse_args(["simulate", *flags, "--out", "/tmp/fedward-never-written"])
+    return resolve(config_from_args(args))
+
+
+def settings(config: RunConfig) -> tuple:
+    return tuple(getattr(config, name) for name in SETTINGS)
+
+
+def test_image_cnn_without_tuning_flags_runs_the_image_recipe(data_dir: Path):
+    config = cli_config("--task", "image-cnn", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),
+                        "--hospitals", "5", "--partition", "dirichlet:0.5", "--epsilon", "8")
+    assert settings(config) == (10, 128, 0.1, 4.0)
+
+
+def test_tabular_keeps_its_old_defaults():
+    assert settings(cli_config()) == (3, 32, 1.0, 0.1)
+    assert settings(cli_config("--no-dp")) == (3, 32, 1.0, 0.1)
+
+
+def test_an_explicit_flag_wins_over_the_task_default(data_dir: Path):
+    config = cli_config("--task", "image-cnn", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),
+                        "--rounds", "4", "--batch-size", "64", "--max-grad-norm", "0.5", "--lr", "2")
+    assert settings(config) == (4, 64, 0.5, 2.0)
+
+
+def test_flwr_run_config_resolves_to_the_task_defaults():
+    declared = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    image = resolve(RunConfig.from_mapping({**declared, "task": "image-cnn"}))
+    assert settings(image) == (10, 128, 0.1, 4.0)
+    assert settings(resolve(RunConfig.from_mapping(declared))) == (3, 32, 1.0, 0.1)
+    assert settings(resolve(RunConfig.from_mapping({**declared, "task": "image-cnn", "batch-size": 16}))) == (
+        10, 16, 0.1, 4.0)
+
+
+def test_a_negative_setting_is_still_refused_with_its_key_named():
+    with pytest.raises(ConfigError, match="batch-size=-1"):
+        RunConfig.from_mapping({"batch-size": -1})
+
+
+@pytest.mark.slow
+def test_image_cnn_run_with_no_tuning_flag_uses_and_accounts_the_image_defaults(data_dir: Path, tmp_path: Path):
+    from tests.fedward.test_simulate import simulate
+
+    out = tmp_path / "run"
+    result = simulate("--task", "image-cnn", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),
+                      "--hospitals", "2", "--max-samples", "600", "--epsilon", "8", "--out", str(out))
+    assert "10 rounds" in result.stdout and "batch 128, clip 0.1, lr 4" in result.stdout, result.stdout[-2000:]
+    card = assert_run_directory(out, rounds=10)
+    assert card["rounds"] == 10 and card["differential_privacy"]["max_grad_norm"] == 0.1
+    assert (card["config"]["batch-size"], card["config"]["lr"]) == (128, 4.0)
+    saved = json.loads((out / "run.json").read_text())["config"]
+    assert (saved["num-server-rounds"], saved["batch-size"], saved["max-grad-norm"]) == (10, 128, 0.1)
+    rows = [r for r in read_metrics(out) if r["split"] == "train" and r["hospital"] != "all"]
+    for hospital in {r["hospital"] for r in rows}:
+        mine = sorted((r for r in rows if r["hospital"] == hospital), key=lambda r: r["round"])
+        assert len(mine) == 10
+        reference = RDPAccountant()
+        q = 1 / batches_per_epoch(mine[0]["num_examples"], 128)
+        reference.history = [(mine[0]["noise_multiplier"], q, sum(r["steps"] for r in mine))]
+        assert mine[-1]["epsilon"] == pytest.approx(reference.get_epsilon(1e-5), abs=1e-6)
+        assert mine[-1]["epsilon"] <= 8.0 + 1e-2
