@@ -6,11 +6,11 @@
 The real round loop and ClientApp in this process (tests/inprocess_grid.py), the virtual
 hospitals exactly as `fedward simulate --benefit` makes them (benefit-report=true,
 share-benefit=true, folders under the run directory): each hospital trains its
-local-only model (rounds x local epochs, no DP) and fine-tunes the final global model
-(no DP), and scores all three on its own held-out split (prior correction cross-fitted
-there, as every evaluation). Heart disease: the 4 real hospitals (partition natural,
+local-only model (rounds x local epochs, no DP), mixes it with the final global model
+(the mix chosen on its training split: client/personalise.py), and scores all three on
+its own held-out split (prior correction cross-fitted there, as every evaluation). Heart disease: the 4 real hospitals (partition natural,
 test-fraction 1/3, as benchmarks/heart_utility.py); MedMNIST: Dirichlet(0.5).
-The wall-time share is the hospitals' benefit training (local-only + fine-tuning) over
+The wall-time share is the hospitals' benefit training (local-only + choosing the mix) over
 the whole run's wall time, and the local-only training over the hospital's own federated
 training time.
 """
@@ -62,8 +62,6 @@ def one_run(args: argparse.Namespace, seed: int, out: Path) -> tuple[dict, float
     out.mkdir(parents=True)
     node = {"benefit-report": True, "share-benefit": True, "benefit-dir": str(out / "benefit"),
             "reproducible-noise": True, "privacy-ledger": str(out / "ledger.sqlite")}
-    if args.personalise_epochs is not None:
-        node["personalise-epochs"] = args.personalise_epochs
     nodes = [{"partition-id": i, "num-partitions": hospitals, **node} for i in range(hospitals)]
     start = time.perf_counter()
     run_federation(InProcessGrid(app, nodes), config)
@@ -80,11 +78,11 @@ def main() -> None:
     parser.add_argument("--max-samples", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.0)
-    parser.add_argument("--personalise-epochs", type=int)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     per_seed, shares, local_seconds, federated_seconds = [], [], [], []  # type: ignore[var-annotated]
     hospital_rows: dict[str, list[dict]] = {}
+    weights: list[float] = []  # the local-only model's share in each hospital's personalised mix
     for seed in range(args.seeds):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
@@ -98,6 +96,7 @@ def main() -> None:
                 trained = sum(r["seconds"] or 0 for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
                               if r["hospital"] == row["hospital"] and r["split"] == "train")
                 local_seconds.append(details["local_only"]["seconds"])
+                weights.append(details["personalised"]["weight_local"])
                 federated_seconds.append(trained)
                 hospital_rows.setdefault(row["hospital"], []).append(row)
                 print(json.dumps({"measure": "benefit", "data": args.data, "seed": seed, "epsilon": args.epsilon or None,
@@ -133,6 +132,7 @@ def main() -> None:
         "worst_hospital_mean_personalised_minus_local_accuracy": min(
             e["personalised_accuracy"] - e["local_only_accuracy"] for e in table),
         "benefit_share_of_wall_time": statistics.fmean(shares),
+        "mean_weight_local": statistics.fmean(weights),
         # summed over hospitals and seeds: a tiny hospital's 0.1 s-rounded round times would dominate a mean of ratios
         "local_only_over_federated_training_time": sum(local_seconds) / sum(federated_seconds)
         if sum(federated_seconds) else None,
@@ -151,7 +151,9 @@ def main() -> None:
                f"(target >= +0.02), global - local-only {summary['global_minus_local_mean_accuracy']:+.3f}; worst "
                f"hospital (mean over seeds) {summary['worst_hospital_mean_personalised_minus_local_accuracy']:+.3f}, worst "
                f"single (hospital, seed) {summary['worst_hospital_seed_personalised_minus_local_accuracy']:+.3f} "
-               f"(target >= -0.01). The hospitals' benefit training took "
+               f"(target >= -0.01). Personalised: local-only and global probabilities mixed w : 1 - w, w chosen on "
+               f"the training split by 2-fold out-of-fold accuracy (mean chosen w {summary['mean_weight_local']:.2f}). "
+               f"The hospitals' benefit training took "
                f"{100 * summary['benefit_share_of_wall_time']:.1f}% of the run's wall time"
                + (f"; a local-only training took {summary['local_only_over_federated_training_time']:.2f}x the "
                   "hospital's own federated (DP) training time." if summary["local_only_over_federated_training_time"]

@@ -6,7 +6,9 @@ and without DP (neither model ever leaves the hospital):
 
 - the local-only model: the run's model from scratch, the run's epochs budget
   (rounds x local epochs), its data alone;
-- the personalised model: the final global model fine-tuned on its training split;
+- the personalised model: the local-only and the final global model, their class
+  probabilities mixed w : 1 - w, w in {0, 1/4, 1/2, 3/4, 1} chosen on the training split
+  alone by two-fold out-of-fold accuracy (client/personalise.py); never the held-out split;
 
 scores them and the global model on its held-out split exactly as an evaluation does
 (prior correction leave-one-out on the held-out split), with a paired bootstrap 95%
@@ -20,16 +22,14 @@ Node config (the hospital's, never the run's):
     benefit-dir         folder for the models and tables (default: `benefit/` beside the
                         privacy ledger, else $FEDWARD_HOME/benefit)
     share-benefit       true: send the table's scores with the final evaluation (default false)
-    personalise-epochs  epochs of fine-tuning for the personalised model (default: the run's
-                        local-epochs x 2)
 
 It runs once per run (a repeated final evaluation gets the saved table again, nothing is
-retrained) and costs one local-only training plus the fine-tuning.
+retrained) and costs one local-only training plus the choice of w (two half-data local
+trainings: about one more).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import re
@@ -47,6 +47,7 @@ from scipy.stats import rankdata
 
 from client.hospital import HospitalData, node_settings
 from client.node_privacy import default_ledger
+from client.personalise import WEIGHTS, Mixture, choose_weight, save_mixture
 from common.benefit import COMPARED, METRICS, MODELS, OK, difference_keys, score_key, write_csv
 from common.calibration import cross_fitted
 from common.config import RunConfig
@@ -67,7 +68,6 @@ class BenefitSettings:
     report: bool
     share: bool
     folder: Path
-    personalise_epochs: int | None  # None: the run's local-epochs x 2
 
 
 def benefit_settings(node_config: Mapping[str, object]) -> BenefitSettings:
@@ -78,10 +78,10 @@ def benefit_settings(node_config: Mapping[str, object]) -> BenefitSettings:
         folder = Path(str(node_config["privacy-ledger"])).expanduser().parent / "benefit"
     else:
         folder = default_ledger().parent / "benefit"
-    epochs = node_config.get("personalise-epochs")
-    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0):
-        raise ConfigError(f"node config personalise-epochs={epochs!r} must be a whole number >= 0")
-    return BenefitSettings(report, share, folder, epochs)  # type: ignore[arg-type]
+    if "personalise-epochs" in node_config:
+        raise ConfigError("node config personalise-epochs is no longer used: the personalised model mixes the "
+                          "local-only and the global model, the mix chosen on the training split; remove the key")
+    return BenefitSettings(report, share, folder)
 
 
 def _flag(node_config: Mapping[str, object], key: str) -> bool:
@@ -128,7 +128,10 @@ def benefit_report(
     else:
         models, details = _train_models(task, global_model, config, hospital, settings, device)
         for name, model in models.items():
-            save_model(model, folder / MODEL_FILES[name])
+            if isinstance(model, Mixture):
+                save_mixture(model, folder / MODEL_FILES[name])
+            else:
+                save_model(model, folder / MODEL_FILES[name])
         row.update(score_models(models, config, hospital, task, device))
     report = {"row": row, "run_id": run_id, "written": time.strftime("%Y-%m-%d %H:%M:%S"), **details,
               "models": {k: v for k, v in MODEL_FILES.items() if (folder / v).exists()}}
@@ -141,25 +144,25 @@ def _train_models(
     task: Task, global_model: torch.nn.Module, config: RunConfig, hospital: HospitalData,
     settings: BenefitSettings, device: torch.device,
 ) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
-    """Local-only (from scratch, the run's epochs budget) and personalised (the global model
-    fine-tuned), both on the training split without DP; returns them with the global one."""
+    """Local-only (from scratch, the run's epochs budget, no DP) and personalised (local-only
+    and global mixed, the mix chosen on the training split: client/personalise.py);
+    returns them with the global one."""
     lr = task.default_lr if config.dp else config.lr  # DP's larger default step is for noisy gradients
     seed = (config.seed * 1_000_003 + zlib.crc32(hospital.name.encode())) % 2**31
     budget = config.num_server_rounds * config.local_epochs
-    plain = config.replace(dp=False, lr=lr, strategy="fedavg")
+    plain = config.replace(dp=False, lr=lr, strategy="fedavg", local_epochs=budget)
     torch.manual_seed(seed)
     local = task.build_model(hospital.input_shape, hospital.num_classes, config)
     start = time.perf_counter()
-    task.train(local, hospital.train, hospital.num_classes, plain.replace(local_epochs=budget), None, device, seed)
+    task.train(local, hospital.train, hospital.num_classes, plain, None, device, seed)
     local_seconds = time.perf_counter() - start
-    personalised = copy.deepcopy(global_model)
-    epochs = settings.personalise_epochs if settings.personalise_epochs is not None else 2 * config.local_epochs
     start = time.perf_counter()
-    if epochs > 0:
-        task.train(personalised, hospital.train, hospital.num_classes, plain.replace(local_epochs=epochs), None,
-                   device, seed + 1)
+    choice = choose_weight(task, global_model, plain, hospital.train, hospital.num_classes, hospital.input_shape,
+                           device, seed + 1)
+    personalised = Mixture(local, global_model, choice.weight_local)
     details = {"local_only": {"epochs": budget, "lr": lr, "dp": False, "seconds": round(local_seconds, 2)},
-               "personalised": {"epochs": epochs, "lr": lr, "dp": False, "from": "the final global model",
+               "personalised": {"weight_local": choice.weight_local, "chosen_by": choice.reason,
+                                "training_split_scores": choice.scores, "candidates": list(WEIGHTS),
                                 "seconds": round(time.perf_counter() - start, 2)},
                "prior_correction": config.prior_correction, "bootstrap": BOOTSTRAP}
     return {"local_only": local, "global": global_model, "personalised": personalised}, details

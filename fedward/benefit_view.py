@@ -55,7 +55,11 @@ def show(folder: Path, as_json: bool = False) -> str:
         if local:
             notes.append(f"local-only: {local['epochs']} epochs on this hospital's training split, no DP "
                          f"({local['seconds']} s)")
-        if personal:
+        if personal and "weight_local" in personal:
+            notes.append(f"personalised: {personal['weight_local']:g} x local-only + "
+                         f"{1 - personal['weight_local']:g} x global (class probabilities), the mix chosen on this "
+                         f"hospital's training split only ({personal['seconds']} s)")
+        elif personal:  # a report written before the mix (fine-tuning)
             notes.append(f"personalised: the final global model + {personal['epochs']} epochs here, no DP "
                          f"({personal['seconds']} s)")
         blocks.append("\n".join([head, *notes, "scores on the held-out split; differences to local-only with a "

@@ -74,7 +74,7 @@ def add_simulation_rows(
 def cross_site(task: Task, config: RunConfig, hospitals: list[HospitalData], out_dir: Path, run_id: str,
                device: torch.device) -> list[dict[str, Any]]:
     """Each hospital's local-only model on every hospital's held-out split (its own included)."""
-    settings = BenefitSettings(True, True, out_dir / SIM_FOLDER, None)
+    settings = BenefitSettings(True, True, out_dir / SIM_FOLDER)
     matrix = []
     for owner in hospitals:
         path = run_folder(settings, owner.name, run_id) / MODEL_FILES["local_only"]

@@ -17,6 +17,7 @@ from flwr.app import Message
 
 from client.app import app
 from client.benefit import MODEL_FILES, REPORT, load_model
+from client.personalise import load_mixture
 from client.hospital import hospital_data, node_settings
 from common.calibration import cross_fitted
 from common.config import RunConfig
@@ -44,7 +45,9 @@ def recompute(model_file: Path, config: RunConfig, node: dict) -> dict[str, floa
     """The model saved at `model_file`, scored from scratch on the hospital's own held-out split."""
     hospital = hospital_data(config, node_settings(node))
     task = get_task(config.task)
-    model = load_model(task.build_model(hospital.input_shape, hospital.num_classes, config), model_file)
+    build = lambda: task.build_model(hospital.input_shape, hospital.num_classes, config)  # noqa: E731
+    model = load_mixture(build(), build(), model_file) if model_file.name == MODEL_FILES["personalised"] else \
+        load_model(build(), model_file)
     proba = cross_fitted(predict_proba(model, hospital.test.x, torch.device("cpu")), hospital.test.y,
                          hospital.num_classes)
     scores = classification_metrics(hospital.test.y, proba)
