@@ -25,7 +25,7 @@ from client.benefit import final_benefit
 from client.failures import FAILURE_CODE, RunConfigError, failure_text
 from client.hospital import HospitalData, hospital_data, hospital_name, node_settings
 from client.node_privacy import NodePrivacy, node_privacy
-from client.privacy_state import RunAccount
+from client.privacy_state import PRIOR_ROUND, PriorLabels, RunAccount
 from client.secure import SecureRoundRefused, is_masked_stage, masked_reply, secagg_when_asked
 from client.evaluation_limits import EvaluationRefused, allow_evaluation
 from common.calibration import cross_fitted
@@ -66,11 +66,14 @@ def _failure(err: BaseException, context: Context) -> str:
 
 def _reply(  # type: ignore[no-untyped-def]
     hospital: HospitalData, metrics: dict, arrays=None, refusal: str = "", evaluation: dict | None = None,
-    unit: str = "",
+    unit: str = "", prior: ConfigRecord | None = None,
 ) -> RecordDict:
-    """`unit`: what the hospital's epsilon protects ("patient" or "record"), for the model card."""
+    """`unit`: what the hospital's epsilon protects ("patient" or "record"), for the model card;
+    `prior`: the run's noisy class histogram (client/privacy_state.py), the same in every reply."""
     named = {"name": hospital.name, **({"privacy-unit": unit} if unit else {})}
     content = RecordDict({"metrics": MetricRecord(metrics), "hospital": ConfigRecord(named)})
+    if prior is not None:
+        content["class-prior"] = prior
     if arrays is not None:
         content["arrays"] = arrays
     if evaluation is not None:  # a ConfigRecord: the strategies want exactly one MetricRecord per reply
@@ -91,7 +94,8 @@ def _account(
     delta = privacy.delta_for(plan.units, config.delta, plan.unit)
     line = DatasetLine(privacy.dataset_name or hospital.name, hospital.fingerprint, privacy.budget, delta, plan.unit)
     run_id = str(content["config"].get("fedward-run-id", f"flwr-{flwr_run_id}"))
-    account = RunAccount(context, config, privacy, line, run_id, plan, str(flwr_run_id))
+    releases_prior = config.balanced_decision and get_task(config.task).classifier and not config.secure_aggregation
+    account = RunAccount(context, config, privacy, line, run_id, plan, str(flwr_run_id), releases_prior)
     if account.first_round:
         print(privacy.announcement(hospital.name), flush=True)
     return account
@@ -138,7 +142,9 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int, masked: bool
                                  "the server sent a plain train message")
         account = _account(content, flwr_run_id, context, config, hospital, privacy) if config.dp else _no_dp(privacy)
         sent = account.replay(server_round) if account and not masked else None
-        dp = account.reserve(server_round) if account and sent is None else None
+        labels = PriorLabels(hospital.train.y, hospital.num_classes, hospital.train.patients,
+                             privacy.training_seed(config, PRIOR_ROUND, hospital.name) % (1 << 63)) if account else None
+        dp = account.reserve(server_round, labels) if account and sent is None else None
     except BudgetExceeded as refusal:
         if account:
             account.close()
@@ -148,7 +154,8 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int, masked: bool
         account.close()
         print(f"hospital {hospital.name}: round {server_round} of run {account.run_id} was sent before; "
               "sending the same update again, uncharged", flush=True)
-        return _reply(hospital, sent.metrics, sent.arrays, evaluation=evaluation, unit=account.unit)
+        return _reply(hospital, sent.metrics, sent.arrays, evaluation=evaluation, unit=account.unit,
+                      prior=account.prior_record())
     seed = privacy.training_seed(config, server_round, hospital.name)  # secret under DP
     start = time.perf_counter()
     try:
@@ -177,7 +184,8 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int, masked: bool
     }
     if account:
         account.settle(update, metrics, masked)  # kept for a replay, digest in the ledger, before it leaves
-    return _reply(hospital, metrics, update, evaluation=evaluation, unit=account.unit if account else "")
+    return _reply(hospital, metrics, update, evaluation=evaluation, unit=account.unit if account else "",
+                  prior=account.prior_record() if account and not masked else None)
 
 
 def _evaluate(

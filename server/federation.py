@@ -17,11 +17,13 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from common.class_prior import global_prior
 from common.config import EVALUATE_FIRST, RunConfig
 from common.data import TaskData
 from common.device import pick_device
@@ -32,7 +34,7 @@ from server import central_dp
 from server.benefit import card_section, shared_rows, table_rows, write_benefit
 from server.exchange import send_and_receive
 from server.init_weights import apply_init_weights, read_init_weights
-from server.operating_point import operating_point
+from server.operating_point import balanced_scores, operating_point, prior_section, received_priors
 from server.records import RunRecorder, row_of, save_checkpoint, save_final_model
 from server.run_state import restore_strategy, start
 from server.report import model_card, write_model_card, write_report_png
@@ -64,15 +66,19 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     device = pick_device()
     fused = config.fused_rounds and not config.secure_aggregation
     benefit: dict[str, dict] = {}  # hospital -> the benefit row it chose to share (share-benefit=true)
+    # hospital -> its noisy class histogram (DP runs of classifiers, balanced-decision=true)
+    priors: dict[str, np.ndarray] | None = {} if config.dp and config.balanced_decision and task.classifier else None
     for server_round in range(state.completed_round + 1, config.num_server_rounds + 1):
         evaluate_first = fused and server_round > 1  # round 0's model (the initial one) is not evaluated
-        arrays = _phase(grid, config, strategy, recorder, server_round, arrays, sent, True, evaluate_first)
+        arrays = _phase(grid, config, strategy, recorder, server_round, arrays, sent, True, evaluate_first,
+                        priors=priors, num_classes=num_classes)
         if not fused or server_round == config.num_server_rounds:
             _phase(grid, config, strategy, recorder, server_round, arrays, sent, train=False, benefit=benefit)
         if central is not None and central.test is not None:
             t0 = time.perf_counter()
             load_arrays(model, arrays)
-            scores = task.evaluate(model, central.test, device)
+            scores = (balanced_scores(model, central.test, global_prior(list(priors.values())), device) if priors
+                      else task.evaluate(model, central.test, device))  # the balanced rule where a prior came
             scores.update(num_examples=len(central.test), seconds=time.perf_counter() - t0)
             recorder.write(server_round, "server", "central", {k.replace("-", "_"): v for k, v in scores.items()})
         save_checkpoint(out_dir, server_round, arrays, strategy)
@@ -90,6 +96,8 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
             print(f"operating point chosen on the validation split: P(class 1) >= {point['cut']:.4f}; test "
                   f"accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, specificity "
                   f"{t['specificity']:.3f}", flush=True)
+    if priors:
+        extra["class_prior"] = prior_section(model, priors, central.test if central is not None else None, device)
     card = model_card(config, recorder.rows, recorder.rejections, extra, data.source if data else config.data_path)
     card["init_weights"] = init.card() if init is not None else None
     card["benefit"] = _benefit(benefit, card, task, config, out_dir, state.run_id, data, device)
@@ -112,7 +120,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
 def _phase(
     grid: Grid, config: RunConfig, strategy: Strategy, recorder: RunRecorder,
     server_round: int, arrays: ArrayRecord, sent: ConfigRecord, train: bool, evaluate_first: bool = False,
-    benefit: dict[str, dict] | None = None,
+    benefit: dict[str, dict] | None = None, priors: dict[str, np.ndarray] | None = None, num_classes: int = 0,
 ) -> ArrayRecord:
     """One train or evaluate exchange: configure, send, screen, record, aggregate.
 
@@ -137,6 +145,8 @@ def _phase(
         benefit.update(rows)
         recorder.reject(server_round, "benefit", malformed)
     accepted, rejected = screen(replies, arrays, train=train, outlier_factor=config.outlier_factor)
+    if priors is not None:  # each hospital's noisy class histogram, the same in every reply of the run
+        priors.update(received_priors(accepted, num_classes))
     recorder.reject(server_round, split, rejected)
     recorder.hospitals(server_round, split, accepted)
     needed = config.min_replies if train else 1

@@ -1,9 +1,14 @@
-"""The decision cut for a two-class model, chosen on the central validation split.
+"""The model's decisions as the server scores them: a two-class cut chosen on the central
+validation split, and the balanced rule on the hospitals' DP class prior.
 
 A DP model often ranks cases well (high AUROC) while its argmax calls nearly
 everything one class; clinicians pick an operating point instead. The cut on
 P(class 1) with the best balanced accuracy (Youden's J) on the validation split
 is applied unchanged to the central test split; the test split chooses nothing.
+
+Under DP, where hospitals released their noisy class histograms (common/class_prior.py),
+the server's decisions (its per-round central evaluation, the model card) are by the
+balanced rule: argmax_c log p_c - log prior_c on the summed prior.
 """
 
 from __future__ import annotations
@@ -11,12 +16,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
+from flwr.app import Message
 from torch import nn
 
+from common.class_prior import FLOOR, HISTOGRAM_NOISE, RULE, adjust, global_prior, per_class
 from common.data import Samples
 from common.metrics import at_cut, youden_cut
-from common.training import predict_proba
+from common.training import predict_proba, scores_of
+from server.screening import hospital_of
 
 
 def operating_point(
@@ -34,3 +43,43 @@ def operating_point(
         "validation": at_cut(validation.y, p_validation, cut),
         "test": at_cut(test.y, p_test, cut),
     }
+
+
+def received_priors(replies: list[Message], num_classes: int) -> dict[str, np.ndarray]:
+    """Each hospital's noisy class histogram (`class-prior` of its train reply), by hospital name;
+    one of the wrong length or not finite is left out."""
+    priors: dict[str, np.ndarray] = {}
+    for msg in replies:
+        if msg.has_error() or "class-prior" not in msg.content.config_records:
+            continue
+        counts = msg.content.config_records["class-prior"].get("counts")
+        values = np.asarray(counts if isinstance(counts, list) else [], dtype=np.float64)
+        if values.shape == (num_classes,) and np.isfinite(values).all():
+            priors[hospital_of(msg)] = values
+    return priors
+
+
+def balanced_scores(
+    model: nn.Module, test: Samples, prior: np.ndarray | None, device: torch.device,
+) -> dict[str, float]:
+    """Loss and common.metrics of the model's decisions on `test`: by the balanced rule on `prior`
+    (common/class_prior.py `adjust`), or by argmax where there is no prior."""
+    proba = predict_proba(model, test.x, device)
+    return scores_of(test.y, adjust(proba, prior) if prior is not None else proba)
+
+
+def prior_section(
+    model: nn.Module, priors: dict[str, np.ndarray], test: Samples | None, device: torch.device,
+) -> dict[str, Any]:
+    """The model card's `class_prior`: the global prior, where it came from, the rule, and (where the
+    server holds a test split) each class's recall and positive predictivity by argmax and by the rule."""
+    prior = global_prior(list(priors.values()))
+    section: dict[str, Any] = {
+        "prior": [float(p) for p in prior], "hospitals": sorted(priors), "rule": RULE,
+        "release": f"each hospital's training class histogram + N(0, {HISTOGRAM_NOISE:g}^2) per class, once per "
+                   f"run, charged in its DP account; summed, each class at least {FLOOR:g}",
+    }
+    if test is not None and len(test):
+        proba = predict_proba(model, test.x, device)
+        section["test"] = {"argmax": per_class(test.y, proba), "balanced": per_class(test.y, adjust(proba, prior))}
+    return section

@@ -9,8 +9,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, Reco
 from opacus.accountants import RDPAccountant
 
 from client.app import app
+from common.class_prior import histogram_entry
 from common.config import EVALUATE_FIRST, RunConfig
-from common.tasks import get_task
+from common.tasks import get_task, resolve
 from common.training import batches_per_epoch
 
 
@@ -44,9 +45,9 @@ def test_epsilon_after_each_round_is_the_cumulative_one(data_dir: Path):
         arrays = reply.content["arrays"]
     noise = reported[0][1]
     assert all(r[1] == noise for r in reported), "noise is derived once for the run"
-    q = 1 / batches_per_epoch(reported[0][3], config.batch_size)
+    q = 1 / batches_per_epoch(reported[0][3], resolve(config).batch_size)  # 0: the task's default
     reference = RDPAccountant()
-    reference.history = [(noise, q, sum(r[2] for r in reported))]
+    reference.history = [histogram_entry(), (noise, q, sum(r[2] for r in reported))]  # + the class histogram
     assert reported[-1][0] == pytest.approx(reference.get_epsilon(config.delta), abs=1e-6)
     assert reported[0][0] < reported[1][0] < reported[2][0] <= 1.0 + 1e-2
     assert reply.content["hospital"]["name"] == "cleveland"

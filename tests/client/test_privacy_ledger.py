@@ -13,6 +13,7 @@ from client.app import app
 from common.config import RunConfig
 from common.ledger import PrivacyLedger
 from common.privacy import epsilon_spent
+from common.tasks import resolve
 from common.training import batches_per_epoch
 from fedward.cli import main
 from fedward.ledger_view import summary
@@ -53,14 +54,14 @@ def run(ledger: Path, config: RunConfig, run_id: str, **settings) -> list[Messag
 
 def test_three_runs_compose_like_one_accountant_and_a_fourth_past_the_budget_is_refused(tmp_path: Path):
     ledger = tmp_path / "ledger.sqlite"
-    runs = {"run-a": RunConfig(num_server_rounds=2, epsilon=1.0),
-            "run-b": RunConfig(num_server_rounds=3, epsilon=0.5, batch_size=16),
-            "run-c": RunConfig(num_server_rounds=1, epsilon=1.5)}
+    runs = {"run-a": RunConfig(balanced_decision=False, num_server_rounds=2, epsilon=1.0),
+            "run-b": RunConfig(balanced_decision=False, num_server_rounds=3, epsilon=0.5, batch_size=16),
+            "run-c": RunConfig(balanced_decision=False, num_server_rounds=1, epsilon=1.5)}
     history = []
     for run_id, config in runs.items():
         for reply in run(ledger, config, run_id, **{"epsilon-budget": 4.0}):
             metrics = reply.content["metrics"]
-            q = 1 / batches_per_epoch(int(metrics["num-examples"]), config.batch_size)
+            q = 1 / batches_per_epoch(int(metrics["num-examples"]), resolve(config).batch_size)
             history.append((metrics["noise-multiplier"], q, metrics["steps"]))
         assert metrics["epsilon"] <= config.epsilon + 1e-2, "each run's own epsilon stays within its target"
     reference = RDPAccountant()
@@ -70,7 +71,7 @@ def test_three_runs_compose_like_one_accountant_and_a_fourth_past_the_budget_is_
     assert [r["run_id"] for r in line["runs"]] == list(runs)
     assert line["remaining"] == pytest.approx(4.0 - line["spent"])
 
-    refused = run(ledger, RunConfig(num_server_rounds=1, epsilon=4.0), "run-d", **{"epsilon-budget": 4.0})[0]
+    refused = run(ledger, RunConfig(balanced_decision=False, num_server_rounds=1, epsilon=4.0), "run-d", **{"epsilon-budget": 4.0})[0]
     assert "arrays" not in refused.content, "no update left the hospital"
     assert dict(refused.content["refusal"]) == {"reason": "budget"}, "the server learns the reason, nothing more"
     assert summary(ledger)[0]["spent"] == line["spent"], "the refused round was not charged"
@@ -80,7 +81,7 @@ def test_a_resumed_round_replays_its_update_without_a_second_charge(tmp_path: Pa
     """With secret noise a retrained round would differ and spend again: the hospital keeps
     what it sent (npz + JSON beside its ledger) and sends exactly that on a replay."""
     ledger = tmp_path / "ledger.sqlite"
-    config = RunConfig(num_server_rounds=2, epsilon=2.0)
+    config = RunConfig(balanced_decision=False, num_server_rounds=2, epsilon=2.0)
     arrays = initial(config, SHAPE, 2)
     first = app(train_message(arrays, config, 1, "run-r"), hospital(ledger))
     kept = sorted(p.name for p in (tmp_path / "ledger.sqlite.sent").rglob("round-*"))
@@ -106,7 +107,7 @@ def test_a_resumed_round_replays_its_update_without_a_second_charge(tmp_path: Pa
 
 def test_a_replay_whose_kept_copy_was_damaged_is_retrained_and_charged(tmp_path: Path):
     ledger = tmp_path / "ledger.sqlite"
-    config = RunConfig(num_server_rounds=2, epsilon=2.0)
+    config = RunConfig(balanced_decision=False, num_server_rounds=2, epsilon=2.0)
     arrays = initial(config, SHAPE, 2)
     app(train_message(arrays, config, 1, "run-r"), hospital(ledger))
     (npz,) = (tmp_path / "ledger.sqlite.sent").rglob("*.npz")
@@ -119,14 +120,14 @@ def test_a_replay_whose_kept_copy_was_damaged_is_retrained_and_charged(tmp_path:
 
 def test_the_server_cannot_set_or_bypass_a_hospitals_budget(tmp_path: Path):
     ledger = tmp_path / "ledger.sqlite"
-    config = RunConfig(num_server_rounds=1, epsilon=2.0)
+    config = RunConfig(balanced_decision=False, num_server_rounds=1, epsilon=2.0)
     arrays = initial(config, SHAPE, 2)
     for key, value in (("epsilon-budget", 1000.0), ("privacy-ledger", "/tmp/fresh.sqlite"),
                        ("reproducible-noise", True), ("allow-no-dp", True)):
         reply = app(train_message(arrays, config, 1, "run-x", {key: value}), hospital(ledger, **{"epsilon-budget": 1.0}))
         assert reply.has_error() and f"unknown setting '{key}'" in reply.error.reason, "a run cannot set it"
     # a huge delta in the run config does not buy epsilon: the hospital's delta is used
-    greedy = app(train_message(arrays, RunConfig(num_server_rounds=1, epsilon=2.0, delta=0.5), 1, "run-y"),
+    greedy = app(train_message(arrays, RunConfig(balanced_decision=False, num_server_rounds=1, epsilon=2.0, delta=0.5), 1, "run-y"),
                  hospital(ledger, **{"epsilon-budget": 1.0}))
     assert greedy.content["refusal"]["reason"] == "budget"
     # and a run without DP is refused by a hospital that keeps a ledger
@@ -143,7 +144,7 @@ def test_the_server_cannot_set_or_bypass_a_hospitals_budget(tmp_path: Path):
 ])
 def test_bad_privacy_settings_stop_before_training(tmp_path: Path, settings, message, capfd):
     ledger = tmp_path / "ledger.sqlite"
-    config = RunConfig(num_server_rounds=1)
+    config = RunConfig(balanced_decision=False, num_server_rounds=1)
     reply = app(train_message(initial(config, SHAPE, 2), config, 1, "run"), hospital(ledger, **settings))
     assert reply.has_error() and "hospital-config" in reply.error.reason  # the server learns only that
     assert re.search(message, capfd.readouterr().err), "the hospital's log says what to fix"
@@ -153,7 +154,7 @@ def test_bad_privacy_settings_stop_before_training(tmp_path: Path, settings, mes
 def test_a_ledger_file_that_is_not_a_ledger_stops_training(tmp_path: Path, capfd):
     bogus = tmp_path / "ledger.sqlite"
     bogus.write_bytes(b"\x00not sqlite" * 50)
-    config = RunConfig(num_server_rounds=1)
+    config = RunConfig(balanced_decision=False, num_server_rounds=1)
     reply = app(train_message(initial(config, SHAPE, 2), config, 1, "run"), hospital(bogus))
     assert reply.has_error() and str(bogus) not in reply.error.reason
     assert f"privacy-ledger={bogus} is not a fedward privacy ledger" in capfd.readouterr().err
@@ -170,7 +171,7 @@ def test_editing_adding_or_reordering_rows_keeps_spending_on_the_same_line(data_
     """Issue 16.3: the budget line is the data source the hospital names, not the file's content."""
     data = tmp_path / "processed.va.data"
     rows = (data_dir / "heart_disease_uci" / "processed.va.data").read_text().splitlines()
-    config = RunConfig(num_server_rounds=1, epsilon=1.0)
+    config = RunConfig(balanced_decision=False, num_server_rounds=1, epsilon=1.0)
     settings = {"hospital": "va", "privacy-ledger": str(tmp_path / "ledger.sqlite"),
                 "run-epsilon-cap": 10, "run-cap-window-hours": 0}
     edited = rows.copy()
@@ -183,7 +184,7 @@ def test_editing_adding_or_reordering_rows_keeps_spending_on_the_same_line(data_
     probe = app(train_message(arrays, config, 1, "probe", flwr_run=99), deployed(data, **{**settings,
                 "privacy-ledger": str(tmp_path / "probe.sqlite")}))
     metrics = probe.content["metrics"]
-    step = (metrics["noise-multiplier"], 1 / batches_per_epoch(int(metrics["num-examples"]), config.batch_size),
+    step = (metrics["noise-multiplier"], 1 / batches_per_epoch(int(metrics["num-examples"]), resolve(config).batch_size),
             int(metrics["steps"]))
     budget = round((epsilon_spent([step] * 3, 1e-5) + epsilon_spent([step] * 4, 1e-5)) / 2, 3)
     replies = {}

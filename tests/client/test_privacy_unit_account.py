@@ -34,7 +34,7 @@ def test_the_ledger_accounts_per_patient_where_the_data_names_patients(tmp_path:
     context = Context(run_id=1, node_id=7, state=RecordDict(), run_config={},
                       node_config={"data-path": str(data), "hospital": "ward", "privacy-ledger": str(ledger),
                                    "epsilon-budget": 10.0, "delta": 1e-3})
-    config = RunConfig(data_path="", num_server_rounds=2, batch_size=8)
+    config = RunConfig(data_path="", num_server_rounds=2, batch_size=8, balanced_decision=False)  # steps only
     reply = app(message("train", initial(config, (2,), 2), config, 1), context)
     assert not reply.has_error(), reply.error
     unit = "patient" if patients else "record"

@@ -1,0 +1,88 @@
+"""A hospital's class-histogram release (common/class_prior.py), through the real ClientApp:
+charged in the run's account, drawn once per run, resent unchanged, never exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Context, RecordDict
+from opacus.accountants import RDPAccountant
+
+from client.app import app
+from client.hospital import hospital_data
+from common.class_prior import HISTOGRAM_NOISE, unit_histogram
+from common.config import RunConfig
+from common.ledger import PrivacyLedger
+from common.training import dp_plan
+from tests.client.test_client_app import initial, message
+from tests.client.test_privacy_unit_account import ward
+
+
+def _node(tmp: Path, ledger: bool = True, patients: bool = False) -> Context:
+    data = ward(tmp / "ward.csv", patients)
+    config: dict = {"data-path": str(data), "hospital": "ward", "epsilon-budget": 10.0, "delta": 1e-3}
+    if ledger:
+        config["privacy-ledger"] = str(tmp / "ledger.sqlite")
+    else:
+        config = {"partition-id": 0, "num-partitions": 1}
+    return Context(run_id=1, node_id=7, state=RecordDict(), run_config={}, node_config=config)
+
+
+CONFIG = RunConfig(data_path="", num_server_rounds=2, batch_size=8, epsilon=2.0)
+
+
+def _train(context: Context, server_round: int, config: RunConfig = CONFIG):  # type: ignore[no-untyped-def]
+    reply = app(message("train", initial(config, (2,), 2), config, server_round), context)
+    assert not reply.has_error(), reply.error
+    return reply
+
+
+@pytest.mark.parametrize("patients", [False, True], ids=["records", "patients"])
+def test_epsilon_is_the_accountant_fed_the_histogram_and_the_steps(tmp_path: Path, patients: bool):
+    context = _node(tmp_path, patients=patients)
+    replies = [_train(context, r) for r in (1, 2)]
+    metrics = replies[-1].content["metrics"]
+    plan = dp_plan(hospital_data(CONFIG, context.node_config).train, CONFIG)
+    accountant = RDPAccountant()
+    accountant.history = [(HISTOGRAM_NOISE, 1.0, 1), (metrics["noise-multiplier"], plan.sample_rate, plan.planned_steps)]
+    assert metrics["epsilon"] == pytest.approx(accountant.get_epsilon(1e-3), abs=1e-9)
+    assert CONFIG.epsilon - 0.005 <= metrics["epsilon"] <= CONFIG.epsilon, "histogram + all steps meet the target"
+    assert replies[0].content["class-prior"]["unit"] == ("patient" if patients else "record")
+
+
+def test_the_histogram_is_drawn_once_per_run_and_resent_unchanged(tmp_path: Path):
+    context = _node(tmp_path)
+    first, second = _train(context, 1), _train(context, 2)
+    counts = list(first.content["class-prior"]["counts"])
+    assert list(second.content["class-prior"]["counts"]) == counts
+    again = _train(context, 2)  # a resumed run asks for round 2 again: the kept reply, the same histogram
+    assert list(again.content["class-prior"]["counts"]) == counts
+    with PrivacyLedger(tmp_path / "ledger.sqlite") as book:
+        (line,) = book.datasets()
+        rounds = [c.round for c in book.charges(line.name)]
+    assert rounds.count(-1) == 1 and sorted(rounds) == [-1, 1, 2], "one histogram charge, one per round"
+
+
+def test_without_a_ledger_the_node_context_keeps_the_one_release(tmp_path: Path):
+    context = _node(tmp_path, ledger=False)
+    config = CONFIG.replace(data_path=str(tmp_path / "ward.csv"))
+    first, second = _train(context, 1, config), _train(context, 2, config)
+    assert list(first.content["class-prior"]["counts"]) == list(second.content["class-prior"]["counts"])
+
+
+def test_no_exact_histogram_leaves_and_none_without_the_rule(tmp_path: Path):
+    context = _node(tmp_path)
+    reply = _train(context, 1)
+    train = hospital_data(CONFIG, context.node_config).train
+    exact = unit_histogram(train.y, 2)
+    sent = np.array(reply.content["class-prior"]["counts"])
+    assert not np.allclose(sent, exact) and not np.allclose(sent, np.round(sent))
+    (tmp_path / "off").mkdir()
+    off = _node(tmp_path / "off")
+    assert "class-prior" not in _train(off, 1, CONFIG.replace(balanced_decision=False)).content
+    plain = Context(run_id=1, node_id=7, state=RecordDict(), run_config={},
+                    node_config={"partition-id": 0, "num-partitions": 1})
+    no_dp = CONFIG.replace(dp=False, data_path=str(tmp_path / "ward.csv"))
+    assert "class-prior" not in _train(plain, 1, no_dp).content, "without DP nothing is released"

@@ -1,0 +1,68 @@
+"""The DP class prior: one unit (record or patient) moves the released histogram by at most 1 in L2,
+the noise the accountant is told of; and the calibration counts the release with the steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opacus.accountants import RDPAccountant
+
+from common.class_prior import HISTOGRAM_NOISE, adjust, global_prior, histogram_entry, unit_histogram
+from common.privacy import calibrate_noise
+
+CLASSES = 4
+
+
+@st.composite
+def labelled(draw, patients: bool):  # type: ignore[no-untyped-def]
+    n = draw(st.integers(2, 40))
+    y = np.array(draw(st.lists(st.integers(0, CLASSES - 1), min_size=n, max_size=n)))
+    owners = np.array([f"p{v}" for v in draw(st.lists(st.integers(0, 5), min_size=n, max_size=n))]) if patients else None
+    return y, owners
+
+
+@settings(max_examples=200, deadline=None)
+@given(labelled(patients=False), st.data())
+def test_one_record_moves_the_released_histogram_by_at_most_1(data, choice):
+    y, _ = data
+    gone = choice.draw(st.integers(0, len(y) - 1))
+    neighbour = np.delete(y, gone)
+    moved = unit_histogram(y, CLASSES) - unit_histogram(neighbour, CLASSES)
+    assert np.linalg.norm(moved) <= 1 + 1e-12
+
+
+@settings(max_examples=200, deadline=None)
+@given(labelled(patients=True), st.data())
+def test_one_patient_moves_the_released_histogram_by_at_most_1(data, choice):
+    """A patient with many records still moves it by <= 1: it adds its class fractions, not its counts."""
+    y, owners = data
+    patient = choice.draw(st.sampled_from(sorted(set(owners))))
+    keep = owners != patient
+    with_patient = unit_histogram(y, CLASSES, owners)
+    without = unit_histogram(y[keep], CLASSES, owners[keep]) if keep.any() else np.zeros(CLASSES)
+    assert np.linalg.norm(with_patient - without) <= 1 + 1e-12
+    many = np.concatenate([y, np.full(50, 2)])  # the patient also gains 50 records of one class
+    grown = unit_histogram(many, CLASSES, np.concatenate([owners, np.full(50, patient)]))
+    assert np.linalg.norm(grown - without) <= 1 + 1e-12
+
+
+@pytest.mark.parametrize("sample_rate, steps", [(1 / 60, 600), (1 / 4, 30)])
+def test_histogram_and_steps_together_spend_exactly_the_target(sample_rate: float, steps: int):
+    """Opacus's RDP accountant, fed the histogram entry then the planned steps at the calibrated
+    noise, gives the run's epsilon (within Opacus's own calibration tolerance, never above)."""
+    noise = calibrate_noise(3.0, 1e-5, sample_rate, steps, (histogram_entry(),))
+    accountant = RDPAccountant()
+    accountant.history = [(HISTOGRAM_NOISE, 1.0, 1), (noise, sample_rate, steps)]
+    assert 3.0 - 0.005 <= accountant.get_epsilon(1e-5) <= 3.0
+    assert noise > calibrate_noise(3.0, 1e-5, sample_rate, steps), "the release is paid for with more noise"
+
+
+def test_the_balanced_rule_turns_the_skewed_prior_back():
+    """A model that learned a 90/10 prior calls a 0.3 probability of the rare class rare."""
+    prior = global_prior([np.array([90.0, 10.0]), np.array([-3.0, 0.0])])
+    assert prior[1] == pytest.approx(10 / 97)
+    proba = np.array([[0.7, 0.3], [0.95, 0.05]])
+    assert adjust(proba, prior).argmax(axis=1).tolist() == [1, 0]
+    assert global_prior([np.array([5.0, -20.0])])[1] > 0, "a noisy negative count gets the floor"
