@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=1.0, help="0: no DP")
     parser.add_argument("--hospitals", type=int, default=0)
     parser.add_argument("--max-samples", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the task's default")
     parser.add_argument("--lr", type=float, default=0.0)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()

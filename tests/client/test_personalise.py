@@ -15,12 +15,12 @@ from client.personalise import load_mixture
 from common.config import RunConfig
 from common.data import Samples
 from common.errors import ConfigError
-from common.tasks import get_task
+from common.tasks import get_task, resolve
 from common.training import predict_proba
 
 CPU = torch.device("cpu")
 TASK = get_task("tabular")
-CONFIG = RunConfig(data_path="", dp=False, lr=0.1, num_server_rounds=5)
+CONFIG = resolve(RunConfig(task="tabular", data_path="", dp=False, lr=0.1, num_server_rounds=5, batch_size=32))
 
 
 def synthetic(seed: int, n: int) -> Samples:
