@@ -126,7 +126,7 @@ def benefit_report(
         row["status"] = (f"too few held-out records ({len(hospital.test)}; the report needs at least {MIN_HELD_OUT}): "
                          "no figures. Give this hospital more data or a larger node config test-fraction")
     else:
-        models, details = _train_models(task, global_model, config, hospital, settings, device)
+        models, details = _train_models(task, global_model, config, hospital, device)
         for name, model in models.items():
             if isinstance(model, Mixture):
                 save_mixture(model, folder / MODEL_FILES[name])
@@ -141,8 +141,7 @@ def benefit_report(
 
 
 def _train_models(
-    task: Task, global_model: torch.nn.Module, config: RunConfig, hospital: HospitalData,
-    settings: BenefitSettings, device: torch.device,
+    task: Task, global_model: torch.nn.Module, config: RunConfig, hospital: HospitalData, device: torch.device,
 ) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
     """Local-only (from scratch, the run's epochs budget, no DP) and personalised (local-only
     and global mixed, the mix chosen on the training split: client/personalise.py);
