@@ -1,6 +1,7 @@
 """The default image-cnn model and settings on MedMNIST: federated under DP, beside centralised without DP.
 
     .venv/bin/python benchmarks/medmnist_image.py [--data pneumoniamnist bloodmnist] [--seeds 3] [--no-write]
+        [--methods dp central fed-no-dp]
 
 Each federated row is `fedward simulate --task image-cnn --data X.npz --hospitals 5
 --partition dirichlet:0.5 --epsilon 8 --seed S` with every other setting at its default
@@ -9,7 +10,9 @@ delta 1e-5 (<= 1 / n at every hospital). The final global model is scored on the
 validation split (where the defaults were chosen, benchmarks/medmnist_image_search.py) and
 on the official test split (never used to choose anything), by argmax. Beside it, the same
 model and code trained centralised on the whole train split without DP for as many epochs
-as a hospital's local epochs over the run. Mean and spread (min-max) over seeds.
+as a hospital's local epochs over the run, and (`fed-no-dp`) the same federation without DP,
+so that the cost of federating (Dirichlet label skew) and the cost of DP read apart.
+Mean and spread (min-max) over seeds; each run's seconds.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,9 +40,8 @@ from server.operating_point import operating_point  # noqa: E402
 DATA = Path(os.environ.get("FEDWARD_DATA_DIR", ROOT.parent / "shared" / "data")) / "medmnist"
 HOSPITALS = 5
 TARGET = 0.88
-# The best settings of benchmarks/medmnist_image_search.py on each validation split (flags a user can pass today)
-TUNED = {"pneumoniamnist": {"batch_size": 128, "lr": 4.0, "max_grad_norm": 0.1, "num_server_rounds": 10},
-         "bloodmnist": {"batch_size": 128, "lr": 4.0, "max_grad_norm": 0.1, "num_server_rounds": 10}}
+SETTINGS = ("num_server_rounds", "batch_size", "lr", "max_grad_norm")  # the task's defaults, resolved
+METHODS = {"dp": ("fedavg, 5 hospitals", 8.0), "central": ("centralised", 0.0), "fed-no-dp": ("fedavg, 5 hospitals", 0.0)}
 CPU = torch.device("cpu")
 
 
@@ -92,29 +95,24 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["pneumoniamnist", "bloodmnist"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--tuned-seeds", type=int, default=0,
-                        help="also run the validation-tuned flags (TUNED) federated at epsilon 8 over this many seeds")
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["dp", "central"])
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     for name in args.data:
         if not (DATA / f"{name}.npz").exists():
             sys.exit(f"{DATA / name}.npz is missing: set FEDWARD_DATA_DIR to the folder holding medmnist/")
-        table = rows_for(name, args.seeds, args.tuned_seeds)
-        if not args.no_write:
-            write(name, table)
+        rows_for(name, args.seeds, args.methods, None if args.no_write else write)
 
 
-def rows_for(name: str, seeds_default: int, tuned_seeds: int) -> list[dict]:
+def rows_for(name: str, seeds: int, methods: list[str],
+             write_table: Callable[[str, list[dict]], None] | None = None) -> list[dict]:
+    """The table's rows, one per method; `write_table` gets the table so far after each method
+    (a long BloodMNIST run leaves its finished rows in docs/benchmarks.md)."""
     table = []
-    methods = [("fedavg, 5 hospitals", 8.0, seeds_default), ("centralised", 0.0, seeds_default)] if seeds_default else []
-    if tuned_seeds:
-        methods.append(("fedavg, 5 hospitals, tuned flags", 8.0, tuned_seeds))
-    for method, epsilon, seeds in methods:
+    for method, epsilon in (METHODS[m] for m in methods):
         runs, seconds = [], []
         for seed in range(seeds):
             config = config_for(name, seed, epsilon)
-            if "tuned" in method:
-                config = config.replace(**TUNED[name])
             start = time.perf_counter()
             scores = centralised(config) if method == "centralised" else federated(config)
             seconds.append(time.perf_counter() - start)
@@ -129,10 +127,11 @@ def rows_for(name: str, seeds_default: int, tuned_seeds: int) -> list[dict]:
             "test accuracy at val cut": (spread([r["test_accuracy-at-val-cut"] for r in runs])
                                          if all("test_accuracy-at-val-cut" in r for r in runs) else None),
             "epsilon spent (max)": max(r.get("epsilon_max", 0.0) for r in runs) or None,
-            "settings": ", ".join(f"{k.replace('_', '-')} {getattr(config, k)}" for k in TUNED[name])
-                        + ("" if "tuned" in method else " (defaults)"),
+            "settings": ", ".join(f"{k.replace('_', '-')} {getattr(config, k)}" for k in SETTINGS) + " (defaults)",
             "seeds": seeds, "seconds a run (max)": max(seconds),
         })
+        if write_table is not None:
+            write_table(name, table)
     return table
 
 
@@ -147,9 +146,10 @@ def write(name: str, table: list[dict]) -> None:
                f"{config.num_server_rounds} rounds of {config.local_epochs} local epoch(s), expected batch "
                f"{config.batch_size}, lr {config.lr}, clip {config.max_grad_norm}, delta {config.delta}; "
                "run in process (no Ray). Centralised: the same model and code on the whole train split without DP, "
-               "as many epochs as a hospital trains over the run (default settings). Two classes: the test accuracy at the "
-               "decision cut the server chooses on the validation split (Youden's J, model card operating_point) beside argmax. Tuned flags: the best point of "
-               "the validation search, passed as flags. Mean (min-max) over seeds 0..n-1; argmax, no "
+               "as many epochs as a hospital trains over the run (the task's no-DP defaults); FedAvg no DP: the same federation "
+               "without DP (no-DP defaults), beside centralised it is the cost of federating alone. Two classes: the test accuracy at the "
+               "decision cut the server chooses on the validation split (Youden's J, model card operating_point) beside argmax. The defaults "
+               "are the best point of the validation search (benchmarks/medmnist_image_search.py). Mean (min-max) over seeds 0..n-1; argmax, no "
                f"decision cut. Nothing was chosen on the test split. Target: >= {TARGET} test accuracy at epsilon 8."),
     )
 
