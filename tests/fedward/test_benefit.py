@@ -48,6 +48,7 @@ def test_simulate_with_benefit_ends_with_the_table_and_each_hospital_can_print_i
     assert shown.returncode == 0, shown.stderr
     assert f"{float(table['va']['local_only_accuracy']):.3f}" in shown.stdout
     assert "local-only: 2 epochs on this hospital's training split, no DP" in shown.stdout
+    assert "the mix chosen on this hospital's training split only" in shown.stdout
     assert "cleveland" not in shown.stdout, "a hospital's folder shows its own table only"
 
 
