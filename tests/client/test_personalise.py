@@ -96,3 +96,22 @@ def test_the_saved_personalised_model_loads_and_predicts_the_mix(tmp_path: Path)
 def test_the_retired_personalise_epochs_setting_is_refused_by_name():
     with pytest.raises(ConfigError, match="personalise-epochs is no longer used"):
         benefit_settings({"benefit-report": True, "personalise-epochs": 4})
+
+
+class Untouchable:
+    """A held-out split that fails the test when anything reads it."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the personalised model read the held-out split ({name})")
+
+    def __len__(self) -> int:
+        raise AssertionError("the personalised model read the held-out split (len)")
+
+
+def test_training_and_choosing_the_personalised_model_never_touches_the_held_out_split():
+    from client.benefit import _train_models
+
+    data = HospitalData("site", synthetic(0, 160), Untouchable(), 2, (4,), "f")  # type: ignore[arg-type]
+    models, details = _train_models(TASK, wrong_model(), CONFIG, data, CPU)
+    assert details["personalised"]["weight_local"] == 1.0
+    assert set(models) == {"local_only", "global", "personalised"}
