@@ -96,7 +96,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["dp", "central"])
+    parser.add_argument("--from-log", type=Path, metavar="LOG",
+                        help="write the tables from the per-run JSON lines of an earlier (possibly cut short) run's log")
     args = parser.parse_args()
+    if args.from_log:
+        for name, table in tables_from_log(args.from_log).items():
+            write(name, table)
+        return
     torch.set_num_threads(min(2, torch.get_num_threads()))
     for name in args.data:
         if not (DATA / f"{name}.npz").exists():
@@ -120,19 +126,38 @@ def rows_for(name: str, seeds: int, methods: list[str],
             print(json.dumps({"measure": "medmnist_image", "data": name, "method": method,
                               "epsilon": epsilon or None, "seed": seed, "seconds": seconds[-1], **scores}),
                   flush=True)
-        table.append({
-            "data": name, "method": method, "epsilon": epsilon or "no DP",
-            **{f"{split} {key}": spread([r[f"{split}_{key}"] for r in runs])
-               for split in ("val", "test") for key in ("accuracy", "balanced-accuracy", "auroc")},
-            "test accuracy at val cut": (spread([r["test_accuracy-at-val-cut"] for r in runs])
-                                         if all("test_accuracy-at-val-cut" in r for r in runs) else None),
-            "epsilon spent (max)": max(r.get("epsilon_max", 0.0) for r in runs) or None,
-            "settings": ", ".join(f"{k.replace('_', '-')} {getattr(config, k)}" for k in SETTINGS) + " (defaults)",
-            "seeds": seeds, "seconds a run (max)": max(seconds),
-        })
+        table.append(summary_row(name, method, epsilon, runs, seconds))
         if write_table is not None:
             write_table(name, table)
     return table
+
+
+def tables_from_log(log: Path) -> dict[str, list[dict]]:
+    """The tables of the seeds a run's log reports as finished (its `measure` lines), in their order."""
+    grouped: dict[tuple[str, str, float], list[dict]] = {}
+    for line in log.read_text().splitlines():
+        if line.startswith('{"measure": "medmnist_image"'):
+            run = json.loads(line)
+            grouped.setdefault((run["data"], run["method"], run["epsilon"] or 0.0), []).append(run)
+    tables: dict[str, list[dict]] = {}
+    for (name, method, epsilon), runs in grouped.items():
+        tables.setdefault(name, []).append(summary_row(name, method, epsilon, runs, [r["seconds"] for r in runs]))
+    return tables
+
+
+def summary_row(name: str, method: str, epsilon: float, runs: list[dict], seconds: list[float]) -> dict:
+    config = config_for(name, 0, epsilon)
+    return {
+        "data": name, "method": method, "epsilon": epsilon or "no DP",
+        **{f"{split} {key}": spread([r[f"{split}_{key}"] for r in runs])
+           for split in ("val", "test") for key in ("accuracy", "balanced-accuracy", "auroc")},
+        "test accuracy at val cut": (spread([r["test_accuracy-at-val-cut"] for r in runs])
+                                     if all("test_accuracy-at-val-cut" in r for r in runs) else None),
+        "epsilon spent (max)": max(r.get("epsilon_max", 0.0) for r in runs) or None,
+        "settings": ", ".join(f"{k.replace('_', '-')} {getattr(config, k)}" for k in SETTINGS
+                              if k != "max_grad_norm" or config.dp) + " (defaults)",
+        "seeds": len(runs), "seconds a run (max)": max(seconds),
+    }
 
 
 def write(name: str, table: list[dict]) -> None:
