@@ -59,10 +59,11 @@ DATA = Path(os.environ.get("FEDWARD_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
 def run(name: str, hospitals: int, rounds: int, local_epochs: int, epsilon: float, seed: int,
-        score_on: str = "test") -> dict:
+        score_on: str = "test", lr: float = 0.0) -> dict:
     config = resolve(RunConfig(
         task="image-gan", data_path=str(DATA / f"{name}.npz"), partition="iid", num_server_rounds=rounds,
         local_epochs=local_epochs, dp=epsilon > 0, epsilon=epsilon or 10.0, seed=seed, min_hospitals=hospitals,
+        lr=lr,
     ))
     data = load_data(config)
     scored = data.test if score_on == "test" else data.validation
@@ -75,7 +76,7 @@ def run(name: str, hospitals: int, rounds: int, local_epochs: int, epsilon: floa
         gan.load_state_dict(run.weights)
         final = score_gan(gan, data.train, scored, config, torch.device("cpu"))
     return {
-        "data": name, "hospitals": hospitals, "rounds": rounds, "local_epochs": local_epochs,
+        "data": name, "hospitals": hospitals, "rounds": rounds, "local_epochs": local_epochs, "lr": config.lr,
         "epsilon": epsilon or "no DP", "scored_on": score_on, "tstr": final["tstr-accuracy"],
         "trtr": final["trtr-accuracy"], "ratio": final["tstr-ratio"],
         "majority": float(np.bincount(scored.y).max() / len(scored.y)),
@@ -89,6 +90,7 @@ def summarise(rows: list[dict]) -> dict:
     """Mean (and the ratio's spread) over one data set's and epsilon's seeds."""
     ratios = [r["ratio"] for r in rows]
     return {"data": rows[0]["data"], "seed": f"mean of {len(rows)}", "epsilon": rows[0]["epsilon"],
+            "lr": rows[0].get("lr"),
             **{k: statistics.mean(r[k] for r in rows) for k in ("tstr", "trtr", "ratio", "fd", "fd_real", "fd_ratio")},
             "ratio_sd": statistics.stdev(ratios) if len(ratios) > 1 else float("nan")}
 
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--hospitals", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lr", type=float, default=0.0, help="both networks' Adam step (0: the task's default)")
     parser.add_argument("--score-on", choices=["test", "validation"], default="test",
                         help="the split TSTR and fidelity are scored on (validation: for choosing settings)")
     parser.add_argument("--section", default="", help="a suffix for the docs section (quick checks keep theirs apart)")
@@ -119,19 +122,19 @@ def main() -> None:
             for epsilon in args.epsilons:
                 for seed in args.seeds:
                     row = {"seed": seed, **run(name, args.hospitals, args.rounds, args.local_epochs, epsilon, seed,
-                                                    args.score_on)}
+                                                    args.score_on, args.lr)}
                     print(json.dumps({"measure": "gan_tstr", **row}), flush=True)
                     rows.append(row)
     table = []
-    for key in dict.fromkeys((r["data"], r["epsilon"]) for r in rows):
-        group = [r for r in rows if (r["data"], r["epsilon"]) == key]
+    for key in dict.fromkeys((r["data"], r["epsilon"], r.get("lr")) for r in rows):
+        group = [r for r in rows if (r["data"], r["epsilon"], r.get("lr")) == key]
         summary = summarise(group)
         print(json.dumps({"measure": "gan_tstr_summary", **summary}), flush=True)
         table.extend([*group, summary])
     write_section(
         "GAN: train on synthetic, test on real" + (f", {args.section}" if args.section else "")
         + "".join(f", scored on {split}" for split in sorted({r["scored_on"] for r in rows} - {"test"})), table,
-        ["data", "hospitals", "rounds", "local_epochs", "epsilon", "seed", "scored_on", "tstr", "trtr", "ratio",
+        ["data", "hospitals", "rounds", "local_epochs", "lr", "epsilon", "seed", "scored_on", "tstr", "trtr", "ratio",
          "ratio_sd", "majority", "fd", "fd_real", "fd_ratio", "epsilon_spent", "seconds"],
         notes="Conditional DCGAN, FedAvg, iid hospitals; DP on the discriminator only. tstr / trtr: the image "
               "CNN trained on 2,000 synthetic / 2,000 real training images (5 epochs), accuracy on the "
