@@ -36,14 +36,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from client.node_privacy import NodePrivacy
 from client.sent_rounds import SentRound, SentRounds, update_digest
-from common.class_prior import HISTOGRAM_NOISE, histogram_entry, release
+from common.class_prior import HISTOGRAM_NOISE, LEDGER_ROUND, histogram_entry, release
 from common.config import RunConfig
 from common.ledger import BudgetExceeded, Charge, DatasetLine, PrivacyLedger, RunLimits, history_of
 from common.privacy import DPState, History, calibrate_noise, epsilon_spent, history_from_json, history_to_json
 from common.training import DPPlan
 
 _KEY = "fedward-dp"
-PRIOR_ROUND = -1  # the ledger's round number of the class-histogram release
+PRIOR_ROUND = LEDGER_ROUND  # the ledger's round number of the class-histogram release
 _PRIOR_FILE = "class-prior.json"
 
 

@@ -5,7 +5,8 @@ RDP over the whole history at the line's delta), remaining; its data versions
 (content fingerprints, first and last used: a changed file is a new version of
 the same line, not a new budget); per run: its rounds, noise, sample rate, steps
 and the epsilon of that run alone (runs compose to less than the sum of their
-epsilons).
+epsilons). A run's one release of its noisy class histogram (common/class_prior.py, ledger
+round -1) is counted in its epsilon and listed apart, not as a training round.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.class_prior import LEDGER_ROUND
 from common.errors import FedwardError
 from common.ledger import PrivacyLedger, history_of
 from common.privacy import epsilon_spent
@@ -34,18 +36,21 @@ def summary(path: Path) -> list[dict[str, Any]]:
             runs = []
             for run_id in dict.fromkeys(c.run_id for c in charges):
                 mine = [c for c in charges if c.run_id == run_id]
+                trained = [c for c in mine if c.round != LEDGER_ROUND]
+                released = [c.noise for c in mine if c.round == LEDGER_ROUND]
                 runs.append({
                     "run_id": run_id,
-                    "rounds": sorted({c.round for c in mine}),
-                    "noise_multiplier": sorted({round(c.noise, 6) for c in mine}),
-                    "sample_rate": sorted({round(c.sample_rate, 6) for c in mine}),
+                    "rounds": sorted({c.round for c in trained}),
+                    "noise_multiplier": sorted({round(c.noise, 6) for c in trained}),
+                    "sample_rate": sorted({round(c.sample_rate, 6) for c in trained}),
                     "flower_runs": sorted({c.flwr_run_id for c in mine if c.flwr_run_id}),
-                    "steps": sum(c.steps for c in mine),
+                    "steps": sum(c.steps for c in trained),
+                    "class_histogram_noise": released[0] if released else None,
                     "epsilon": epsilon_spent(history_of(mine), line.delta),
                 })
             versions = [{"fingerprint": v.fingerprint, "first_used": _when(v.first_used),
                          "last_used": _when(v.last_used),
-                         "rounds": sum(1 for c in charges if c.fingerprint == v.fingerprint)}
+                         "rounds": sum(1 for c in charges if c.fingerprint == v.fingerprint and c.round != LEDGER_ROUND)}
                         for v in ledger.versions(line.name)]
             out.append({
                 "dataset": line.name,
@@ -85,6 +90,9 @@ def show(path: Path, as_json: bool) -> str:
             noise = ",".join(f"{n:.3f}" for n in r["noise_multiplier"])
             rate = ",".join(f"{q:.3f}" for q in r["sample_rate"])
             text.append(f"  {r['run_id']:<34} {len(r['rounds']):>6} {noise:>8} {rate:>8} {r['steps']:>7} {r['epsilon']:>8.3f}")
+            if r["class_histogram_noise"] is not None:
+                text.append(f"    (class histogram released once, noise sd {r['class_histogram_noise']:g}; "
+                            "counted in the run's epsilon)")
     return "\n".join(text)
 
 
@@ -95,14 +103,16 @@ def export_csv(path: Path, out: Path) -> int:
     with out.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["dataset", "fingerprint", "delta", "budget", "spent_total", "remaining",
-                         "run_id", "rounds", "noise_multiplier", "sample_rate", "steps", "run_epsilon"])
+                         "run_id", "rounds", "noise_multiplier", "sample_rate", "steps", "class_histogram_noise",
+                         "run_epsilon"])
         for d in lines:
             for r in d["runs"]:
                 writer.writerow([
                     d["dataset"], d["fingerprint"], d["delta"], d["budget"] if d["budget"] is not None else "",
                     f"{d['spent']:.6f}", "" if d["remaining"] is None else f"{d['remaining']:.6f}",
                     r["run_id"], len(r["rounds"]), ";".join(map(str, r["noise_multiplier"])),
-                    ";".join(map(str, r["sample_rate"])), r["steps"], f"{r['epsilon']:.6f}",
+                    ";".join(map(str, r["sample_rate"])), r["steps"],
+                    "" if r["class_histogram_noise"] is None else r["class_histogram_noise"], f"{r['epsilon']:.6f}",
                 ])
                 rows += 1
     return rows

@@ -86,3 +86,30 @@ def test_supernode_with_only_a_data_path_keeps_a_default_ledger_and_says_so(tmp_
     assert "reproducible-noise=true is for simulation only" in capsys.readouterr().err
     assert main(["ledger", "show"]) == 0, "the runbook's `fedward ledger show` finds the SuperNode's default ledger"
     assert str(ledger) in capsys.readouterr().out
+
+
+def test_show_lists_the_class_histogram_release_apart_from_the_training_rounds(tmp_path: Path, capsys):
+    """A run that released its noisy class histogram (round -1, common/class_prior.py) trained 2 rounds, not 3;
+    its noise column is the DP-SGD noise, and the release is named; the run's epsilon still counts it."""
+    from common.class_prior import LEDGER_ROUND, histogram_entry
+
+    path = tmp_path / "ledger.sqlite"
+    line = DatasetLine("va", "e" * 64, 5.0, 1e-5)
+    with PrivacyLedger(path) as ledger:
+        ledger.reserve(line, "run-1", LEDGER_ROUND, *histogram_entry())
+        for r in (1, 2):
+            ledger.reserve(line, "run-1", r, 1.2, 0.1, 7)
+    assert main(["ledger", "show", "--ledger", str(path), "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)[0]["runs"]
+    assert (run["rounds"], run["noise_multiplier"], run["steps"]) == ([1, 2], [1.2], 14)
+    assert run["class_histogram_noise"] == histogram_entry()[0]
+    assert run["epsilon"] == pytest.approx(epsilon_spent([histogram_entry(), (1.2, 0.1, 7), (1.2, 0.1, 7)], 1e-5))
+    assert main(["ledger", "show", "--ledger", str(path)]) == 0
+    table = capsys.readouterr().out
+    row = next(t for t in table.splitlines() if t.strip().startswith("run-1"))
+    assert row.split()[1:3] == ["2", "1.200"], table
+    assert "class histogram released once" in table
+    out = tmp_path / "ethics.csv"
+    assert main(["ledger", "export", "--ledger", str(path), "--out", str(out)]) == 0
+    (exported,) = list(csv.DictReader(out.open()))
+    assert (exported["rounds"], exported["noise_multiplier"], exported["class_histogram_noise"]) == ("2", "1.2", "10.0")
