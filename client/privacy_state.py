@@ -36,8 +36,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from client.node_privacy import NodePrivacy
 from client.sent_rounds import SentRound, SentRounds, update_digest
-from common.class_prior import HISTOGRAM_NOISE, LEDGER_ROUND, histogram_entry, release
+from common.class_prior import HISTOGRAM_NOISE, LEDGER_ROUND, MAX_NOISE_INCREASE, histogram_entry, release
 from common.config import RunConfig
+from common.errors import ConfigError
 from common.ledger import BudgetExceeded, Charge, DatasetLine, PrivacyLedger, RunLimits, history_of
 from common.privacy import DPState, History, calibrate_noise, epsilon_spent, history_from_json, history_to_json
 from common.training import DPPlan
@@ -88,11 +89,26 @@ class RunAccount:
         self.target = privacy.epsilon_target(config.epsilon)
         if steps:
             self.noise = steps[0][0]  # calibrated once, on the run's first round
+            self.releases_prior = self.prior_charged  # decided then: a run never releases later
+        elif self.prior_charged:
+            self.noise = calibrate_noise(self.target, self.delta, self.sample_rate, plan.planned_steps,
+                                         (histogram_entry(),))
         else:
-            released = (histogram_entry(),) if releases_prior or self.prior_charged else ()
-            self.noise = calibrate_noise(self.target, self.delta, self.sample_rate, plan.planned_steps, released)
+            self.noise = calibrate_noise(self.target, self.delta, self.sample_rate, plan.planned_steps)
+            if releases_prior:
+                self.noise, self.releases_prior = self._with_release(plan.planned_steps)
         self.history: History = past
         self.prior: list[float] | None = self._kept_prior() if self.prior_charged else None
+
+    def _with_release(self, planned_steps: int) -> tuple[float, bool]:
+        """The DP-SGD noise with the class-histogram release counted, and whether to release: only
+        where it raises that noise by at most MAX_NOISE_INCREASE (a small epsilon cannot afford it;
+        the run then trains without releasing and the server decides by argmax)."""
+        try:
+            noise = calibrate_noise(self.target, self.delta, self.sample_rate, planned_steps, (histogram_entry(),))
+        except ConfigError:
+            return self.noise, False
+        return (noise, True) if noise <= self.noise * (1 + MAX_NOISE_INCREASE) else (self.noise, False)
 
     def _past(self) -> tuple[History, bool]:
         """The run's history so far, and whether the class histogram was charged in it."""

@@ -31,6 +31,7 @@ import numpy as np
 
 HISTOGRAM_NOISE = 10.0  # standard deviation per class of the released histogram (sensitivity 1)
 FLOOR = 1e-3  # the smallest prior a class may get: a noisy count below it is clipped here
+MAX_NOISE_INCREASE = 0.05  # a hospital releases only where that raises its DP-SGD noise by <= 5%
 LEDGER_ROUND = -1  # the round number a privacy ledger records the release under
 RULE = "post-hoc logit adjustment (Menon et al. 2021): argmax_c log p_c - log prior_c"
 

@@ -86,3 +86,20 @@ def test_no_exact_histogram_leaves_and_none_without_the_rule(tmp_path: Path):
                     node_config={"partition-id": 0, "num-partitions": 1})
     no_dp = CONFIG.replace(dp=False, data_path=str(tmp_path / "ward.csv"))
     assert "class-prior" not in _train(plain, 1, no_dp).content, "without DP nothing is released"
+
+
+def test_a_small_epsilon_trains_without_the_release_instead_of_failing(tmp_path: Path):
+    """At epsilon 0.3 the histogram alone (epsilon ~0.4 standalone at this delta) would not fit: the
+    hospital trains, spends at most 0.3 over both rounds, and sends no class prior, in any round."""
+    config = CONFIG.replace(epsilon=0.3)
+    context = _node(tmp_path)
+    replies = [_train(context, r, config) for r in (1, 2)]
+    assert all("class-prior" not in r.content for r in replies)
+    metrics = replies[-1].content["metrics"]
+    plan = dp_plan(hospital_data(config, context.node_config).train, config)
+    accountant = RDPAccountant()
+    accountant.history = [(metrics["noise-multiplier"], plan.sample_rate, plan.planned_steps)]
+    assert metrics["epsilon"] == pytest.approx(accountant.get_epsilon(1e-3), abs=1e-9)
+    assert config.epsilon - 0.005 <= metrics["epsilon"] <= config.epsilon
+    with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
+        assert all(c.round >= 1 for c in ledger.charges("ward")), "no release charged"
