@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="plain loss instead of the class-weighted one (without DP; under DP no loss is weighted)")
     sim.add_argument("--records-per-patient", type=int, default=16,
                      help="DP per patient: at most this many of a sampled patient's samples per step")
+    sim.add_argument("--no-balanced-decision", action="store_true",
+                     help="under DP: no class-histogram release, the server decides by argmax (run config "
+                          "balanced-decision=false)")
     sim.add_argument("--no-prior-correction", action="store_true",
                      help="evaluate the global model as is, not adapted to each hospital's label prior")
     sim.add_argument("--test-fraction", type=float, default=0.25,
@@ -180,7 +183,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         batch_size=args.batch_size, lr=args.lr, model=args.model, image_size=args.image_size,
         max_samples=args.max_samples, class_weighting=not args.no_class_weighting,
         records_per_patient=args.records_per_patient,
-        prior_correction=not args.no_prior_correction,
+        prior_correction=not args.no_prior_correction, balanced_decision=not args.no_balanced_decision,
         test_fraction=args.test_fraction, min_hospitals=args.hospitals, seed=args.seed, bad_files=args.bad_files,
         secure_aggregation=args.secure_aggregation,
         central_dp_noise=args.central_dp_noise, central_dp_clip=args.central_dp_clip,
@@ -268,10 +271,10 @@ def simulated_node_config(config: RunConfig, text: str, benefit: bool = False) -
     kept = out_dir / "simulated-node-config.json"
     if config.resume and kept.exists() and not text:
         return dict(json.loads(kept.read_text()))
-    try:
-        values = parse_config_args([text]) if text.strip() else {}
-    except ValueError as err:
-        raise FedwardError(f"--node-config {text!r}: {err}; write it as 'key=value key2=\"text\"'") from None
+    check_node_config(text)  # a malformed value is a message, not a traceback
+    values = parse_config_args([text]) if text.strip() else {}
+    if config.dp:  # the researcher's --delta is what the virtual hospitals' ledgers account with
+        values.setdefault("delta", config.delta)
     if config.dp and "privacy-ledger" not in values:
         (out_dir / "ledgers").mkdir(parents=True, exist_ok=True)
         values["privacy-ledger"] = str(out_dir / "ledgers" / "privacy-ledger.sqlite")
@@ -410,8 +413,9 @@ def print_summary(card: dict, out_dir: Path) -> None:
     print(f"federated (hospitals' held-out splits): {_headline(fed)}")
     central = final.get("central_evaluation")
     if central:
-        print(f"central test split: {_headline(central)}")
-    for key in ("tstr-accuracy", "trtr-accuracy"):
+        rule = " (balanced decision rule on the hospitals' DP class prior)" if final.get("class_prior") else ""
+        print(f"central test split{rule}: {_headline(central)}")
+    for key in ("tstr-accuracy", "trtr-accuracy", "fd", "fd-real", "fd-ratio"):
         if key in final:
             print(f"{key} {_fmt(final[key])}")
     dp = card.get("differential_privacy", {})

@@ -26,6 +26,7 @@ def run(capsys, *args: str) -> tuple[int, str]:
         (["--task", "image-cnn"], "--data is required for task image-cnn"),
         (["--model", "transformer"], "model='transformer' is not a tabular model"),
         (["--partition", "natural"], "partition=natural needs a data set with natural sites"),
+        (["--node-config", "balanced-decision=no"], "is not key=value pairs Flower can read"),
     ],
 )
 def test_bad_settings(capsys, args, message):
@@ -97,3 +98,15 @@ def test_a_deployment_run_into_a_used_folder_says_how_to_continue_it_there(tmp_p
         run_state.start(RunConfig(out_dir=str(tmp_path)))
     assert "resume=true" in str(refused.value) and "`fedward run`" in str(refused.value)
     assert f"fedward simulate --resume {tmp_path}" not in str(refused.value)
+
+
+def test_simulate_delta_is_what_the_virtual_hospitals_account_with(tmp_path: Path):
+    """--delta reaches the virtual hospitals' ledgers (it was silently replaced by their default 1e-5)."""
+    from client.node_privacy import node_privacy
+    from common.config import RunConfig
+    from fedward.cli import simulated_node_config
+
+    values = simulated_node_config(RunConfig(delta=1e-7, out_dir=str(tmp_path / "run")), "")
+    assert node_privacy(values).delta_for(500, 1e-7) == 1e-7
+    own = simulated_node_config(RunConfig(delta=1e-7, out_dir=str(tmp_path / "own")), "delta=1e-6")
+    assert node_privacy(own).delta_for(500, 1e-7) == 1e-6, "a --node-config delta is the hospital's own choice"

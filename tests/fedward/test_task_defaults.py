@@ -61,6 +61,10 @@ def test_flwr_run_config_resolves_to_the_task_defaults():
         10, 16, 0.1, 4.0)
 
 
+def test_simulate_can_turn_the_balanced_decision_off():
+    assert cli_config().balanced_decision and not cli_config("--no-balanced-decision").balanced_decision
+
+
 def test_a_negative_setting_is_still_refused_with_its_key_named():
     with pytest.raises(ConfigError, match="batch-size=-1"):
         RunConfig.from_mapping({"batch-size": -1})
