@@ -74,8 +74,11 @@ def resume(out_dir: Path) -> RunState:
         state.completed_round = completed
         state.arrays = ArrayRecord({k: Array(v) for k, v in arrays.items()})
         state.strategy_state = strategy_state
+    # Fused rounds evaluate round k's model in round k + 1's messages: rows of that evaluation
+    # were written by the round the kill interrupted, and the resumed round writes them again.
+    fused = config.fused_rounds and not config.secure_aggregation and state.completed_round < config.num_server_rounds
     for name in ("metrics.jsonl", "rejections.jsonl"):
-        truncate_after(out_dir / name, state.completed_round)
+        truncate_after(out_dir / name, state.completed_round, drop_last_evaluation=fused)
     for stale in ("model_card.json", "final_model.pt", "report.png"):
         (out_dir / stale).unlink(missing_ok=True)
     return state
@@ -91,8 +94,9 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def truncate_after(path: Path, completed_round: int) -> list[dict[str, Any]]:
-    """Keep the JSON lines of rounds <= completed_round (a torn last line is dropped)."""
+def truncate_after(path: Path, completed_round: int, drop_last_evaluation: bool = False) -> list[dict[str, Any]]:
+    """Keep the JSON lines of rounds <= completed_round (a torn last line is dropped); with
+    `drop_last_evaluation`, not the evaluate rows of completed_round (written by the next round)."""
     if not path.exists():
         return []
     kept = []
@@ -101,7 +105,10 @@ def truncate_after(path: Path, completed_round: int) -> list[dict[str, Any]]:
             row = json.loads(line)
         except ValueError:
             continue
-        if int(row.get("round", 0)) <= completed_round:
+        done = int(row.get("round", 0))
+        if drop_last_evaluation and done == completed_round and row.get("split") == "evaluate":
+            continue
+        if done <= completed_round:
             kept.append(row)
     _write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept

@@ -39,3 +39,25 @@ def test_a_damaged_checkpoint_is_named(tmp_path: Path):
     (tmp_path / "checkpoints" / "round-0002.npz").write_bytes(b"not a checkpoint")
     with pytest.raises(FedwardError, match="round-0002.npz is damaged"):
         resume(tmp_path)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_run_killed_inside_round_2_drops_what_round_2_wrote(tmp_path: Path, fused: bool):
+    """Fused rounds evaluate round 1's model in round 2's messages: a kill after those rows were written
+    and before round 2's checkpoint left them on disk, and the resumed round 2 wrote them again (a
+    duplicated row in metrics.jsonl, seen in the kill-and-resume test). Separate evaluate messages
+    write round 1's evaluation in round 1: it is kept."""
+    import json
+
+    from flwr.app import Array, ArrayRecord
+
+    config = RunConfig(out_dir=str(tmp_path), num_server_rounds=3, fused_rounds=fused)
+    start(config)
+    (tmp_path / "checkpoints").mkdir(exist_ok=True)
+    save_checkpoint(tmp_path, 1, ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))}), build_strategy(config))
+    rows = [{"round": 1, "hospital": "h", "split": s} for s in ("train", "central", "evaluate")]
+    rows.append({"round": 2, "hospital": "h", "split": "train"})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    resume(tmp_path)
+    kept = [(r["round"], r["split"]) for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())]
+    assert kept == ([(1, "train"), (1, "central")] + ([] if fused else [(1, "evaluate")]))
