@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from client.node_privacy import NodePrivacy
 from client.sent_rounds import SentRound, SentRounds, update_digest
 from common.class_prior import HISTOGRAM_NOISE, LEDGER_ROUND, MAX_NOISE_INCREASE, histogram_entry, release
+from common.atomic import write_atomic
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.ledger import BudgetExceeded, Charge, DatasetLine, PrivacyLedger, RunLimits, history_of
@@ -212,11 +212,6 @@ class RunAccount:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """`text` to `path` whole or not at all: a temporary file, fsync'd, renamed."""
+    """`text` to `path` whole or not at all, in a private folder."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, text)

@@ -12,7 +12,6 @@ lets the hospitals' ledgers recognise a replayed round.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
+from common.atomic import write_atomic
 from common.config import RunConfig
 from common.errors import FedwardError
 from server.records import load_checkpoint
@@ -49,7 +49,7 @@ def start(config: RunConfig) -> RunState:
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(run_id=uuid.uuid4().hex, config=config)
-    _write_atomic(out_dir / RUN_FILE, json.dumps({"run_id": state.run_id, "config": config.to_mapping()}, indent=2))
+    write_atomic(out_dir / RUN_FILE, json.dumps({"run_id": state.run_id, "config": config.to_mapping()}, indent=2))
     return state
 
 
@@ -110,14 +110,7 @@ def truncate_after(path: Path, completed_round: int, drop_last_evaluation: bool 
             continue
         if done <= completed_round:
             kept.append(row)
-    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
