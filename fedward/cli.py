@@ -265,6 +265,7 @@ def simulated_node_config(config: RunConfig, text: str, benefit: bool = False) -
     """
     from flwr.common.config import parse_config_args
 
+    from client.node_keys import check_node_keys
     from client.node_privacy import node_privacy
 
     out_dir = Path(config.out_dir)
@@ -273,6 +274,7 @@ def simulated_node_config(config: RunConfig, text: str, benefit: bool = False) -
         return dict(json.loads(kept.read_text()))
     check_node_config(text)  # a malformed value is a message, not a traceback
     values = parse_config_args([text]) if text.strip() else {}
+    check_node_keys(values)
     if config.dp:  # the researcher's --delta is what the virtual hospitals' ledgers account with
         values.setdefault("delta", config.delta)
     if config.dp and "privacy-ledger" not in values:
@@ -314,6 +316,7 @@ def privacy_node_config(args: argparse.Namespace) -> str:
     uses that file whatever its environment. What applies is printed, defaults marked."""
     from flwr.common.config import parse_config_args
 
+    from client.node_keys import check_node_keys
     from client.node_privacy import default_ledger, node_privacy
     from common.ledger import PrivacyLedger
 
@@ -326,6 +329,7 @@ def privacy_node_config(args: argparse.Namespace) -> str:
     for key in sorted(set(values) & set(extra)):
         raise FedwardError(f"{key} is set both by a flag and in --node-config; give it once")
     settings = {**extra, **values, "data-path": str(args.data), "hospital": args.hospital}
+    check_node_keys(settings)
     privacy = node_privacy(settings)
     if "privacy-ledger" not in settings:
         default_ledger().parent.mkdir(parents=True, exist_ok=True)

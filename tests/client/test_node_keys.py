@@ -1,0 +1,60 @@
+"""A misspelt node-config key is refused before anything trains, where the hospital starts it and at every message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, RecordDict
+
+from client.app import app
+from common.config import RunConfig
+from fedward.cli import main
+from tests.client.test_client_app import initial, message
+
+
+def test_a_supernode_with_a_misspelt_key_does_not_start(capsys, tmp_path: Path, monkeypatch):
+    """`require-secure-aggregaton=true` was accepted and ignored: the hospital trained outside SecAgg+."""
+    from deploy.certs import hospital_keys, init_ca_and_server
+
+    monkeypatch.setenv("FEDWARD_HOME", str(tmp_path / "home"))
+    init_ca_and_server(tmp_path / "certs", "localhost", [])
+    private, _ = hospital_keys(tmp_path / "keys", "va")
+    args = ["supernode", "--superlink", "127.0.0.1:9092", "--ca", str(tmp_path / "certs" / "ca.crt"),
+            "--key", str(private), "--hospital", "va", "--data", str(tmp_path), "--dry-run"]
+    assert main([*args, "--node-config", "require-secure-aggregaton=true max-evaluations=0"]) == 2
+    out, err = capsys.readouterr()
+    assert "'require-secure-aggregaton' (did you mean 'require-secure-aggregation'?)" in err, err
+    assert "fix the spelling or remove it" in err and "Traceback" not in err and "flower-supernode" not in out
+    assert main([*args, "--node-config", "require-secure-aggregation=true max-evaluations=0"]) == 0
+
+
+def test_simulate_refuses_a_misspelt_node_config_key(capsys, tmp_path: Path):
+    code = main(["simulate", "--node-config", "epsilon-budgt=5", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "'epsilon-budgt' (did you mean 'epsilon-budget'?)" in err, err
+
+
+def test_a_hand_started_supernode_with_a_misspelt_key_trains_nothing(data_dir: Path, tmp_path: Path, capfd):
+    """A SuperNode started without fedward's launcher: the ClientApp refuses every message, before reading data
+    or charging the ledger; the server reads only the generic hospital-config line."""
+    ledger = tmp_path / "ledger.sqlite"
+    node = {"data-path": str(data_dir / "heart_disease_uci" / "processed.va.data"), "hospital": "va",
+            "privacy-ledger": str(ledger), "require-secure-aggregaton": True}
+    context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    config = RunConfig(data_path="", num_server_rounds=1, epsilon=1.0)
+    for kind in ("train", "evaluate", "query"):
+        reply = app(message(kind, initial(config, (10,), 2), config, 1), context)
+        assert reply.has_error()
+        assert reply.error.reason.startswith("hospital va: hospital-config:"), reply.error.reason
+        assert "secure" not in reply.error.reason
+    assert "did you mean 'require-secure-aggregation'" in capfd.readouterr().err, "the hospital's own log says why"
+    assert not ledger.exists(), "nothing was charged or even opened"
+
+
+@pytest.mark.parametrize("key", ["partition-id", "benefit-report", "max-evaluations", "incident-log", "split-seed"])
+def test_every_key_fedward_reads_is_known(key: str):
+    from client.node_keys import NODE_KEYS, check_node_keys
+
+    check_node_keys({key: 1})
+    assert key in NODE_KEYS
