@@ -13,14 +13,14 @@ CONFIG = RunConfig(task="sequence-rnn")
 
 def test_mitbih_beats_get_aami_labels_and_patient_sites(mitbih_subset: Path):
     data = get_task("sequence-rnn").load(str(mitbih_subset), CONFIG)
-    assert data.input_shape == (90, 4) and data.num_classes == 5
+    assert data.input_shape == (90, 9) and data.num_classes == 5
     assert set(data.train.groups) == {"100", "105", "119", "208"}
     labels = set(np.unique(data.train.y))
     assert {0, 2} <= labels  # record 119 and 208 hold many ventricular (V) beats
     per_beat = data.train.x[:, :, 0]
     assert np.allclose(per_beat.mean(axis=1), 0, atol=1e-4)
-    rhythm = data.train.x[:, 0, 1:]
-    assert np.array_equal(data.train.x[:, -1, 1:], rhythm), "RR features are the same at every step"
+    rhythm = data.train.x[:, 0, 2:]
+    assert np.array_equal(data.train.x[:, -1, 2:], rhythm), "RR and shape features are the same at every step"
     # premature ventricular beats come early and are followed by a compensatory pause
     normal, ventricular = rhythm[data.train.y == 0], rhythm[data.train.y == 2]
     assert np.median(ventricular[:, 0]) < 0.85 < np.median(normal[:, 0])
@@ -35,8 +35,38 @@ def test_rr_features_are_relative_to_the_patients_own_rhythm():
     mean = 100.0
     assert np.allclose(rr[:, 0] * mean, [100, 100, 100, 50, 150, 100])  # interval before (first: after)
     assert np.allclose(rr[:, 1] * mean, [100, 100, 50, 150, 100, 100])  # interval after (last: before)
-    assert np.allclose(rr[:, 2] * mean, [100, 100, 100, 75, 100, 125])  # mean of the 2 intervals before
+    assert np.allclose(rr[:, 2] * mean, [100, 100, 100, 100, 75, 100])  # mean of the 2 intervals before that
+    assert np.allclose(rr[:, 3], [1, 1, 1, 0.5, 2, 1])  # before / local rhythm
+    assert np.allclose(rr[:, 4], [1, 1, 0.5, 3, 2 / 3, 1])  # after / before
     assert np.allclose(rr_features(peaks * 3, local=2), rr), "unitless: the same at another sampling rate"
+
+
+def test_a_premature_beat_during_a_fast_rhythm_is_early_against_the_local_rhythm():
+    """A supraventricular beat 20% early in a stretch of tachycardia is not early against the
+    record's mean interval (the slow stretch raises it): only the local rhythm shows it."""
+    from common.tasks.sequence_rnn.dataset import rr_features
+
+    intervals = [400] * 40 + [200] * 30 + [160, 240] + [200] * 30  # the early beat follows interval 160
+    peaks = np.concatenate([[0], np.cumsum(intervals)])
+    early = 71
+    rr = rr_features(peaks)
+    steady = np.r_[11:41, 52:71, 83:103]  # normal beats whose 10 intervals before are all of one stretch
+    assert rr[early, 0] > 0.5  # against the record's mean (278): 0.57, near the fast normal beats' 0.72
+    assert rr[early, 3] < 0.85  # against the local rhythm: 160 / 200
+    assert np.allclose(rr[steady, 3], 1)
+
+
+def test_real_supraventricular_beats_are_early_and_ventricular_beats_unlike_the_patients_usual_beat(
+        mitbih_subset: Path):
+    """On real records (100 and 208 hold 35 S beats; 119 and 208 many V beats): the features the
+    model gets separate S and V from N across these four patients."""
+    data = get_task("sequence-rnn").load(str(mitbih_subset), CONFIG)
+    features, y = data.train.x[:, 0, 2:], data.train.y
+    normal, supra, ventricular = features[y == 0], features[y == 1], features[y == 2]
+    assert len(supra) >= 30
+    assert np.median(supra[:, 3]) < 0.85 < 0.95 < np.median(normal[:, 3])  # early against the local rhythm
+    assert np.median(ventricular[:, 6]) > 2 * np.median(normal[:, 6])  # far from the patient's median beat
+    assert np.median(ventricular[:, 4]) > 1.3 > np.median(normal[:, 4])  # compensatory pause
 
 
 def test_truncated_wfdb_record_is_named(data_dir: Path, tmp_path: Path):

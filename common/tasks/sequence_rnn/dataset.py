@@ -1,8 +1,9 @@
 """ECG heartbeats: MIT-BIH records (WFDB) or a .npz of beat rows.
 
 A WFDB folder is read with `wfdb`: lead 0 of every record, one window around each
-annotated R peak, labelled with the 5 AAMI classes, with the beat's RR intervals
-(relative to the patient's mean) as three more channels. Each MIT-BIH record is one
+annotated R peak, labelled with the 5 AAMI classes, with its difference from the
+patient's median beat and 7 features relative to the patient's own beats (5 RR-interval
+features, 2 of shape) as more channels (`read_record`). Each MIT-BIH record is one
 patient: a beat's natural site and its patient are its record, so `partition=natural`
 splits hospitals by patient and DP protects each patient's beats together.
 A .npz file holds `x` (N, T) beats, `y` labels and optionally `groups` (each
@@ -62,8 +63,11 @@ def load_sequences(path: str, config: RunConfig) -> TaskData:
 
 
 def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Beats (N, T, 4) and AAMI labels (N,) of one WFDB record: channel 0 the z-normalised
-    waveform, channels 1-3 the beat's RR features (`rr_features`), the same at every step."""
+    """Beats (N, T, 9) and AAMI labels (N,) of one WFDB record. Channel 0: the z-normalised
+    waveform; 1: its difference from the record's median beat (the patient's own template);
+    2-8, the same at every step: the beat's 5 RR features (`rr_features`) and 2 shape features
+    (`shape_features`). Everything but channel 0 is relative to the patient's own beats:
+    inter-patient classification fails on absolute features (de Chazal et al. 2004)."""
     import wfdb
 
     try:
@@ -81,33 +85,51 @@ def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
     if not keep.any():
         raise DataError(f"{stem}: no annotated heartbeats found in this record")
     rhythm = rr_features(peaks)
-    x = np.asarray([signal[p - BEFORE : p + AFTER : DOWNSAMPLE] for p in peaks[keep]], dtype=np.float32)
-    if not np.isfinite(x).all():
+    raw = np.asarray([signal[p - BEFORE : p + AFTER : DOWNSAMPLE] for p in peaks[keep]], dtype=np.float64)
+    if not np.isfinite(raw).all():
         raise DataError(f"{stem}: the signal holds NaN values; the .dat file may be truncated")
-    x = (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)
+    x = (raw - raw.mean(axis=1, keepdims=True)) / (raw.std(axis=1, keepdims=True) + 1e-6)
+    template = np.median(x, axis=0)
+    constant = np.concatenate([rhythm[keep], shape_features(raw, x, template)], axis=1)
     steps = x.shape[1]
-    channels = np.concatenate([x[..., None], np.repeat(rhythm[keep][:, None, :], steps, axis=1)], axis=2)
+    channels = np.concatenate([x[..., None], (x - template)[..., None],
+                               np.repeat(constant[:, None, :], steps, axis=1)], axis=2)
     labels = np.asarray([AAMI_MAP[s] for s in symbols[keep]], dtype=np.int64)
     return channels.astype(np.float32), labels
 
 
 def rr_features(peaks: np.ndarray, local: int = 10) -> np.ndarray:
-    """(N, 3) rhythm of each beat, relative to the record's mean RR interval: the RR interval
-    before it, the one after it, and the mean of the `local` intervals before it. A beat's own
-    waveform is z-normalised, so these carry what it loses: whether it came early (de Chazal et
-    al. 2004's RR features, the ones inter-patient classification relies on), in units of the
-    patient's own rhythm."""
+    """(N, 5) rhythm of each beat: the RR interval before it (pre), the one after it (post) and
+    the mean of the `local` intervals before pre (the local rhythm), each relative to the
+    record's mean RR interval; then pre / local and post / pre. A beat's own waveform is
+    z-normalised, so these carry what it loses: whether it came early (de Chazal et al. 2004's
+    RR features). A supraventricular (S) beat is premature against the *local* rhythm, which
+    may itself be fast, so pre / local (below 1) is its cue; post / pre (above 1) is the
+    compensatory pause after a premature beat. All unitless, in the patient's own rhythm."""
     if len(peaks) < 2:
-        return np.ones((len(peaks), 3), dtype=np.float32)
+        return np.ones((len(peaks), 5), dtype=np.float32)
     rr = np.diff(peaks).astype(np.float64)
     mean = rr.mean()
     pre = np.concatenate([[rr[0]], rr])
     post = np.concatenate([rr, [rr[-1]]])
     cumulative = np.concatenate([[0.0], np.cumsum(pre)])
     index = np.arange(len(pre))
-    start = np.maximum(index + 1 - local, 0)
-    local_mean = (cumulative[index + 1] - cumulative[start]) / (index + 1 - start)
-    return (np.stack([pre, post, local_mean], axis=1) / mean).astype(np.float32)
+    start = np.maximum(index - local, 0)
+    count = index - start
+    local_mean = np.where(count > 0, (cumulative[index] - cumulative[start]) / np.maximum(count, 1), pre)
+    return np.stack([pre / mean, post / mean, local_mean / mean, pre / local_mean, post / pre],
+                    axis=1).astype(np.float32)
+
+
+def shape_features(raw: np.ndarray, x: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """(N, 2) each beat's morphology against the patient's own: its peak-to-peak amplitude over
+    the record's median one (z-normalisation removes amplitude), and the root mean square
+    difference of its z-normalised waveform from the record's median beat (a ventricular beat
+    is wide and unlike the patient's usual beat; a supraventricular one is alike)."""
+    span = raw.max(axis=1) - raw.min(axis=1)
+    amplitude = span / (np.median(span) + 1e-9)
+    distance = np.sqrt(((x - template) ** 2).mean(axis=1))
+    return np.stack([amplitude, distance], axis=1)
 
 
 def _load_npz(path: Path) -> TaskData:

@@ -4,8 +4,9 @@ one-layer, batch-first recurrent layers either way.
 
 The front end (two strided convolutions with GroupNorm) learns the beat's morphology
 and hands the recurrent layer a sequence a quarter as long; the head also sees each
-channel's mean over time, which for MIT-BIH beats are the RR-interval features (the
-rhythm cues inter-patient classification relies on, de Chazal et al. 2004).
+channel's mean over time, which for MIT-BIH beats are the RR-interval and shape features
+relative to the patient's own beats (the cues inter-patient classification relies on,
+de Chazal et al. 2004; common/tasks/sequence_rnn/dataset.py).
 
 Server and client build the same module, so state-dict keys always match. Under DP
 they train with fedward's per-sample mode ("layers", common/per_sample.py), which
