@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from common.config import RunConfig  # noqa: E402
 from common.data import Samples  # noqa: E402
 from common.per_sample import PerSampleLayers  # noqa: E402
-from common.privacy import DPState, LayersPrivacyEngine  # noqa: E402
+from common.privacy import DPState, LayersPrivacyEngine, factored_clipping  # noqa: E402
 from common.tasks import get_task  # noqa: E402
 from common.tasks.image_cnn.model import build_cnn  # noqa: E402
 from common.tasks.image_gan.model import Discriminator  # noqa: E402
@@ -135,6 +135,7 @@ def dp_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str) -> Ca
             poisson_sampling=False)
     if layers is not None:
         layers.attach()
+        factored_clipping(optimizer)  # as fedward's make_private does
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "benchmarks"))
 DATA = Path(os.environ.get("FEDWARD_DATA_DIR", ROOT.parent / "shared" / "data")) / "medmnist"
 torch.set_num_threads(2)
-from common.per_sample import per_sample_layers
+from common.per_sample import dense, per_sample_layers
 from common.privacy import calibrate_noise
 from common.config import Partition
 from common.data import Samples, local_split
@@ -133,7 +133,7 @@ def dp_train(model, X, y, steps, q, sigma, lr_of, ema_model=None):
                 yb = yb.repeat_interleave(m)
             with per_sample_layers(model):
                 loss = F.cross_entropy(model(xb), yb); loss.backward()
-            gs = [p.grad_sample.view(len(idx), m, *p.shape).mean(1) for p in params]
+            gs = [dense(p.grad_sample).view(len(idx), m, *p.shape).mean(1) for p in params]
             for p in params: p.grad_sample = None
             norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in gs))
             factor = (a.clip / (norms + 1e-6)).clamp(max=1.0)

@@ -26,7 +26,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader
 
 from common.errors import ConfigError
-from common.per_sample import PerSampleLayers
+from common.per_sample import Outer, PerSampleLayers
 
 History = list[tuple[float, float, int]]
 
@@ -151,6 +151,37 @@ class LayersPrivacyEngine(PrivacyEngine):
             raise ConfigError("DP training needs the model in training mode (call model.train() first)")
 
 
+class _FactoredClipping:
+    """Opacus's DPOptimizer, taught fedward's factored per-sample gradients (`Outer`: a Linear
+    weight's, on 2-D inputs): their norms and clipped sum come from the factors; every other
+    parameter's per-sample gradients are clipped exactly as Opacus does. Same clip factor per
+    sample over all parameters, same sum, noise and scaling."""
+
+    @property
+    def grad_samples(self) -> list:  # type: ignore[override]
+        return [p.grad_sample if isinstance(p.grad_sample, Outer) else self._get_flat_grad_sample(p)  # type: ignore[attr-defined]
+                for p in self.params]  # type: ignore[attr-defined]
+
+    @property
+    def accumulated_iterations(self) -> int:
+        return 1  # fedward steps once per batch (no virtual steps)
+
+    def clip_and_accumulate(self) -> None:
+        samples = self.grad_samples
+        if len(samples[0]) == 0:
+            factors = torch.zeros((0,), device=self.params[0].device)  # type: ignore[attr-defined]
+        else:
+            norms = [s.norms() if isinstance(s, Outer) else s.reshape(len(s), -1).norm(2, dim=-1) for s in samples]
+            total = torch.stack([n.to(norms[0].device) for n in norms], dim=1).norm(2, dim=1)
+            factors = (self.max_grad_norm / (total + 1e-6)).clamp(max=1.0)  # type: ignore[attr-defined]
+        for p, sample in zip(self.params, samples, strict=True):  # type: ignore[attr-defined]
+            if isinstance(sample, Outer):
+                grad = sample.weighted_sum(factors.to(sample.grads.device))
+            else:
+                grad = torch.einsum("i,i...", factors.to(sample.device).to(p.dtype), sample.to(p.dtype))
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+
+
 def make_private(
     module: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -183,7 +214,15 @@ def make_private(
     if layers is not None:
         layers.attach()
         wrapped.per_sample_layers = layers
+        factored_clipping(dp_optimizer)
     return wrapped, dp_optimizer, dp_loader, engine
+
+
+def factored_clipping(optimizer: torch.optim.Optimizer) -> None:
+    """Teach an Opacus DPOptimizer fedward's factored per-sample gradients (mode "layers")."""
+    base = type(optimizer)
+    if not issubclass(base, _FactoredClipping):
+        optimizer.__class__ = type(f"Factored{base.__name__}", (_FactoredClipping, base), {})
 
 
 @contextmanager

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.config import RunConfig
 from common.data import Samples
 from common.metrics import classification_metrics
+from common.per_sample import dense
 from common.privacy import DPState, end_private, make_private
 
 PATIENT, RECORD = "patient", "record"
@@ -164,7 +165,7 @@ def per_unit_gradients(params: list[nn.Parameter], owner: torch.Tensor, units: i
         return  # one sample per unit: already per unit
     counts = torch.bincount(owner, minlength=units).clamp(min=1)
     for p in params:
-        g = p.grad_sample
+        g = dense(p.grad_sample)
         summed = g.new_zeros((units, *g.shape[1:])).index_add_(0, owner.to(g.device), g)
         p.grad_sample = summed / counts.to(g.device).view(-1, *([1] * (g.dim() - 1)))
 

@@ -45,14 +45,14 @@ CASES = {  # task, model, one input's shape, classes
 def clipped_sums() -> Iterator[list[torch.Tensor]]:
     """Every clipped per-unit gradient sum Opacus's optimiser forms, before its noise."""
     sums: list[torch.Tensor] = []
-    original = DPOptimizer.clip_and_accumulate
+    original = DPOptimizer.add_noise  # called on the clipped sum, whichever clipping formed it
 
     def spy(self: DPOptimizer) -> None:
-        original(self)
         sums.append(torch.cat([p.summed_grad.detach().flatten().clone() for p in self.params]))
+        original(self)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(DPOptimizer, "clip_and_accumulate", spy)
+        patch.setattr(DPOptimizer, "add_noise", spy)
         yield sums
 
 
@@ -210,3 +210,25 @@ def test_the_generated_images_pull_is_clipped_with_each_real_unit():
         moved = first_clipped_sum("image-gan", samples, clip)
     assert float((base - moved).norm()) > 0.01 * clip, "the generated images' gradient is inside the clipped sum"
     assert float(base.norm()) <= len(samples) * clip * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("patients", [False, True])
+def test_factored_linear_clipping_equals_clipping_the_formed_gradients(patients: bool):
+    """The scattering head's Linear weight keeps its per-sample gradients as factors (common/per_sample.py
+    `Outer`): the clipped sum DP-SGD noises must equal the one from the formed per-sample gradients,
+    clipping binding or not, per record and per patient."""
+    from common import per_sample
+
+    samples = with_patients("image-cnn", 1) if patients else imbalanced("image-cnn", 14, seed=1)
+
+    def formed(layer, x, grad):  # type: ignore[no-untyped-def]
+        return {p: (g.dense() if isinstance(g, per_sample.Outer) else g)
+                for p, g in factored(layer, x, grad).items()}
+
+    factored = per_sample._outer_linear
+    for clip in (0.05, 100.0):
+        mine = first_clipped_sum("image-cnn", samples, clip)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(per_sample, "_outer_linear", formed)
+            theirs = first_clipped_sum("image-cnn", samples, clip)
+        assert torch.allclose(mine, theirs, atol=1e-6, rtol=1e-4), float((mine - theirs).abs().max())

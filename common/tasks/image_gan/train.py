@@ -38,6 +38,7 @@ from torch.nn import functional as F
 from common.config import RunConfig
 from common.data import Samples
 from common.metrics import auroc
+from common.per_sample import dense
 from common.privacy import DPState, end_private, make_private, plain_gradients
 from common.tasks.image_gan.model import LATENT, ConditionalGAN
 from common.training import (
@@ -88,7 +89,7 @@ def train_gan(
                 record_loss_sum_over(losses).backward()
                 per_unit_gradients(params, owner, len(units))
                 for p, g in zip(params, pull, strict=True):
-                    p.grad_sample = p.grad_sample + g  # each unit's term: its real gradient + F, clipped as one
+                    p.grad_sample = dense(p.grad_sample) + g  # each unit's term: its real gradient + F, clipped as one
                 total, seen = total + float(losses.detach().sum()), seen + len(y)
             if opt_d.pre_step():  # type: ignore[attr-defined]  # clip, sum, noise, / expected batch size
                 opt_d.original_optimizer.step()  # type: ignore[attr-defined]
@@ -115,7 +116,7 @@ def _generated_mean_gradient(
     losses = F.binary_cross_entropy_with_logits(critic(images, labels), torch.zeros(size, device=device),
                                                 reduction="none")
     record_loss_sum_over(losses).backward()
-    mean = [p.grad_sample.mean(dim=0) for p in params]
+    mean = [dense(p.grad_sample).mean(dim=0) for p in params]
     for p in params:
         p.grad_sample = None
     return mean
