@@ -6,8 +6,9 @@
 The split is de Chazal et al. (2004)'s DS1 / DS2: 22 records train, 22 other
 patients' records test, the 4 paced records left out, so no patient is on both
 sides. Beats are read with fedward's own WFDB reader (lead 0, 0.5 s around each
-annotated R peak, AAMI classes N/S/V/F/Q, plus each beat's RR intervals relative
-to the patient's mean as three constant channels). To keep a run within minutes on
+annotated R peak, AAMI classes N/S/V/F/Q, plus its difference from the patient's
+median beat and, as constant channels, 5 RR and 2 shape features relative to the
+patient's own beats; 3 RR channels before issue 18's change of 2026-12-01). To keep a run within minutes on
 2 cores, the training side keeps at most `--normal-per-record` N beats per
 record (chosen at random with a fixed seed) and every S, V, F and Q beat; the
 test side keeps every beat of DS2.
@@ -195,9 +196,11 @@ def main() -> None:
                  "'Privacy unit of every DP benchmark row'). ")
               + f"Training beats (DS1, at most "
               f"{args.normal_per_record} N per record): {counts}; test beats (all of DS2): {test_counts}. "
-              "always_N: accuracy of always answering N. No setting was chosen on DS2. Since 2026-11-23 each "
-              "beat carries its RR intervals (before, after, local mean; relative to the patient's mean RR) as 3 "
-              "more channels (common/tasks/sequence_rnn/dataset.py). The waveform alone gave: centralised 0.393 / "
+              "always_N: accuracy of always answering N. No setting was chosen on DS2. Since 2026-12-01 (issue 18) "
+              "each beat carries its difference from the patient's median beat and 7 constant channels relative to "
+              "the patient's own beats (RR before, after, local rhythm, before / local, after / before; amplitude, "
+              "distance from the median beat); from 2026-11-23 it carried 3 RR channels (before, after, local mean; "
+              "relative to the patient's mean RR) (common/tasks/sequence_rnn/dataset.py). The waveform alone gave: centralised 0.393 / "
               "F1 0.159 / AUROC 0.605, FedAvg 0.606 / 0.234 / 0.626, centralised eps 3 0.572 / 0.188 / 0.508, "
               "FedAvg eps 3 0.790 / 0.226 / 0.639. rule: argmax, or (DP federated runs, balanced-decision=true) "
               "the balanced rule argmax_c log p_c - log prior_c on the hospitals' summed DP class histograms "
