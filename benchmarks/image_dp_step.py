@@ -1,6 +1,6 @@
 """DP step / plain step of the default image-cnn model, as it trains: the head on cached scattering features.
 
-    .venv/bin/python benchmarks/image_dp_step.py [--steps 30] [--batch 32] [--threads 1]
+    .venv/bin/python benchmarks/image_dp_step.py [--steps 30] [--batch 32 128] [--threads 1]
 
 Under training the scattering transform runs once per image (common/tasks/image_cnn/recipe.py),
 so one optimiser step is the head's: plain (summed gradient, SGD) against DP in fedward's
@@ -33,16 +33,16 @@ TARGET = 1.5
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, nargs="+", default=[32, 128], help="128: image-cnn's default expected batch under DP")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     rows = []
     torch.set_num_threads(args.threads)
-    for shape, classes, model_name in (((1, 28, 28), 2, "scatter"), ((3, 28, 28), 8, "scatter"),
-                                       ((1, 28, 28), 2, "cnn")):
+    for batch, (shape, classes, model_name) in ((b, c) for b in args.batch for c in (
+            ((1, 28, 28), 2, "scatter"), ((3, 28, 28), 8, "scatter"), ((1, 28, 28), 2, "cnn"))):
         g = torch.Generator().manual_seed(0)
-        images, y = torch.rand(args.batch, *shape, generator=g), torch.randint(0, classes, (args.batch,), generator=g)
+        images, y = torch.rand(batch, *shape, generator=g), torch.randint(0, classes, (batch,), generator=g)
         config = RunConfig(task="image-cnn", model=model_name)
         plain_model, dp_model = build_cnn(shape, classes, config), build_cnn(shape, classes, config)
         if model_name == "scatter":  # what training steps on: the head, fed cached features
@@ -51,7 +51,7 @@ def main() -> None:
         else:
             x = images
         plain_s, dp_s = time_pair(plain_step(plain_model, x, y), dp_step(dp_model, x, y, "layers"), args.steps)
-        row = {"measure": "image_dp_step", "model": model_name, "input": "x".join(map(str, shape)), "batch": args.batch,
+        row = {"measure": "image_dp_step", "model": model_name, "input": "x".join(map(str, shape)), "batch": batch,
                "threads": args.threads, "weights": sum(p.numel() for p in plain_model.parameters()),
                "plain_ms": round(plain_s * 1e3, 3), "dp_ms": round(dp_s * 1e3, 3),
                "ratio": round(dp_s / plain_s, 2), "target": TARGET}
@@ -63,7 +63,9 @@ def main() -> None:
                       notes="Median of alternating steps. `scatter` (the default): the linear head on scattering "
                             "features, which is what a training step runs (the transform runs once per image, outside "
                             "DP); `cnn`: the GroupNorm CNN on images, the previous default. DP: fedward's `layers` mode "
-                            "with Opacus's optimiser (clip, noise).")
+                            "with Opacus's optimiser (clip, noise); a linear layer on flat inputs keeps its per-sample "
+                            "gradients as factors (ghost clipping, common/per_sample.py `Outer`). 128 is image-cnn's "
+                            "default expected batch under DP.")
 
 
 if __name__ == "__main__":
