@@ -79,3 +79,20 @@ def test_heart_disease_rows_are_scaled_alone(data_dir: Path, tmp_path: Path):
     kept = np.delete(np.arange(len(more)), np.flatnonzero((more.x[:, None] != few.x[None]).any(-1).all(1)))
     assert len(kept) == len(few) and np.array_equal(more.x[kept], few.x)
     assert np.abs(more.x).max() < 10, "scaled to a few units by the public reference values"
+
+
+def test_every_file_of_the_real_chest_xray_folder_names_its_patient(data_dir: Path):
+    """The real Kermany folder has four-part names (IM-0011-0001-0001.jpeg, NORMAL2-IM-0173-0001-0002.jpeg):
+    one unmatched name made the whole folder train with the record as the unit, while the README promised
+    the patient."""
+    from common.tasks.image_cnn.dataset import KERMANY_PATIENT
+
+    folder = data_dir / "chest_xray_kermany_224"
+    names = [p.stem for p in folder.rglob("*.jpeg")]
+    assert names, f"no images under {folder}"
+    assert [n for n in names if not KERMANY_PATIENT.match(n)] == []
+    patient = {n: (m.group(1) or m.group(2)) for n in ("IM-0011-0001-0001", "IM-0011-0001")
+               if (m := KERMANY_PATIENT.match(n))}
+    assert patient == {"IM-0011-0001-0001": "IM-0011", "IM-0011-0001": "IM-0011"}
+    data = load_data(RunConfig(task="image-cnn", data_path=str(folder), max_samples=400, image_size=16))
+    assert privacy_unit(data.train) == "patient"

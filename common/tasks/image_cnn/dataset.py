@@ -26,7 +26,7 @@ from common.data import Samples, TaskData, check_labels, skip_or_raise
 from common.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-KERMANY_PATIENT = re.compile(r"^(person\d+)_|^((?:NORMAL2-)?IM-\d+)-\d+$")
+KERMANY_PATIENT = re.compile(r"^(person\d+)_|^((?:NORMAL2-)?IM-\d+)-\d+(?:-\d+)?$")
 DICOM_SUFFIXES = (".dcm",)
 
 
