@@ -23,7 +23,7 @@ from flwr.clientapp import ClientApp
 
 from client.benefit import final_benefit
 from client.failures import FAILURE_CODE, RunConfigError, failure_text
-from client.node_keys import check_node_keys
+from client.node_keys import check_node_config
 from client.hospital import HospitalData, hospital_data, hospital_name, node_settings
 from client.node_privacy import NodePrivacy, node_privacy
 from client.privacy_state import PRIOR_ROUND, PriorLabels, RunAccount
@@ -54,7 +54,7 @@ def _setup(content: RecordDict, context: Context) -> tuple[RunConfig, HospitalDa
 def _answer(msg: Message, context: Context, handle: Callable[[], Message]) -> Message:
     """`handle()`'s reply, or on any failure an error reply with no data in it."""
     try:
-        check_node_keys(node_settings(context.node_config))  # a misspelt key never trains
+        check_node_config(node_settings(context.node_config))  # a misspelt key or bad value never trains
         return handle()
     except Exception as err:  # noqa: BLE001 - every failure is answered, none is quoted
         return Message(Error(code=FAILURE_CODE, reason=_failure(err, context)), reply_to=msg)

@@ -61,6 +61,11 @@ def allow_evaluation(context: Context, held_out: int, line: str) -> None:
     context.state.config_records[_COUNT] = ConfigRecord({"count": done + 1})
 
 
+def evaluation_limits(settings: Mapping[str, object]) -> tuple[int, int]:
+    """(min-eval-size, max-evaluations) of this node config, checked."""
+    return _limits(settings)
+
+
 def _limits(settings: Mapping[str, object]) -> tuple[int, int]:
     real = "data-path" in settings
     values = []

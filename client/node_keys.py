@@ -1,10 +1,11 @@
-"""Every node-config key a fedward hospital reads; any other key is refused, naming it.
+"""Every node-config key a fedward hospital reads, checked: an unknown key or a bad value is refused, naming it.
 
 A misspelt key used to be ignored: `require-secure-aggregaton=true` left the hospital
 training outside SecAgg+ while its operator believed otherwise, `max-evaluation=0`
-left evaluations on. `fedward hospital start` and `fedward simulate --node-config`
-check the keys before anything starts; the ClientApp checks them again on every
-message (a SuperNode started by hand), before it reads data or trains.
+left evaluations on; `bad-files="skp"` or `test-fraction=2` failed only when a round
+read them. `fedward supernode` and `fedward simulate --node-config` check keys and
+values before anything starts; the ClientApp checks them again on every message (a
+SuperNode started by hand), before it reads data or trains.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ NODE_KEYS: dict[str, str] = {
     "benefit-report": "train the local-only and personalised models",
     "share-benefit": "send the benefit scores to the server",
     "benefit-dir": "where the benefit models and table are kept",
-    "personalise-epochs": "retired; refused with its own message",
+    "personalise-epochs": "retired; refused with its own message (client/benefit.py)",
     "partition-id": "simulation: Flower's virtual hospital index",
     "num-partitions": "simulation: Flower's number of virtual hospitals",
 }
@@ -54,3 +55,18 @@ def check_node_keys(settings: Mapping[str, object]) -> None:
         f"node config key{'s' if len(unknown) > 1 else ''} {', '.join(lines)} not read by fedward; "
         f"fix the spelling or remove it (known keys: {', '.join(k for k in NODE_KEYS if k != 'personalise-epochs')})"
     )
+
+
+def check_node_config(settings: Mapping[str, object]) -> None:
+    """Known keys, and every value a hospital reads, checked now rather than when a round reads it."""
+    from client.benefit import benefit_settings
+    from client.evaluation_limits import evaluation_limits
+    from client.hospital import held_out_policy
+
+    check_node_keys(settings)
+    if "bad-files" in settings and settings["bad-files"] not in ("stop", "skip"):
+        raise ConfigError(f"node config bad-files={settings['bad-files']!r} must be \"stop\" or \"skip\" "
+                          "(text in double quotes)")
+    held_out_policy(settings)
+    evaluation_limits(settings)
+    benefit_settings(settings)

@@ -265,7 +265,7 @@ def simulated_node_config(config: RunConfig, text: str, benefit: bool = False) -
     """
     from flwr.common.config import parse_config_args
 
-    from client.node_keys import check_node_keys
+    from client.node_keys import check_node_config as check_node_settings
     from client.node_privacy import node_privacy
 
     out_dir = Path(config.out_dir)
@@ -274,7 +274,10 @@ def simulated_node_config(config: RunConfig, text: str, benefit: bool = False) -
         return dict(json.loads(kept.read_text()))
     check_node_config(text)  # a malformed value is a message, not a traceback
     values = parse_config_args([text]) if text.strip() else {}
-    check_node_keys(values)
+    for key, flag in (("test-fraction", "--test-fraction"), ("split-seed", "--seed"), ("data-path", "--data")):
+        if key in values:
+            raise FedwardError(f"--node-config {key}=...: virtual hospitals take it from {flag}; give it there")
+    check_node_settings(values)
     if config.dp:  # the researcher's --delta is what the virtual hospitals' ledgers account with
         values.setdefault("delta", config.delta)
     if config.dp and "privacy-ledger" not in values:
@@ -316,7 +319,7 @@ def privacy_node_config(args: argparse.Namespace) -> str:
     uses that file whatever its environment. What applies is printed, defaults marked."""
     from flwr.common.config import parse_config_args
 
-    from client.node_keys import check_node_keys
+    from client.node_keys import check_node_config as check_node_settings
     from client.node_privacy import default_ledger, node_privacy
     from common.ledger import PrivacyLedger
 
@@ -328,8 +331,11 @@ def privacy_node_config(args: argparse.Namespace) -> str:
     extra = parse_config_args([args.node_config]) if args.node_config.strip() else {}
     for key in sorted(set(values) & set(extra)):
         raise FedwardError(f"{key} is set both by a flag and in --node-config; give it once")
+    for key, flag in (("data-path", "--data"), ("hospital", "--hospital")):
+        if key in extra:
+            raise FedwardError(f"{key} is set by {flag}; remove it from --node-config")
     settings = {**extra, **values, "data-path": str(args.data), "hospital": args.hospital}
-    check_node_keys(settings)
+    check_node_settings(settings)
     privacy = node_privacy(settings)
     if "privacy-ledger" not in settings:
         default_ledger().parent.mkdir(parents=True, exist_ok=True)

@@ -58,3 +58,29 @@ def test_every_key_fedward_reads_is_known(key: str):
 
     check_node_keys({key: 1})
     assert key in NODE_KEYS
+
+
+def test_bad_node_config_values_are_refused_before_a_supernode_starts(capsys, tmp_path: Path, monkeypatch):
+    """The walkthrough: these passed --dry-run and failed only when a round read them (personalise-epochs after
+    every hospital had trained and spent its epsilon), or crashed Flower's parser (data-path given twice)."""
+    from deploy.certs import hospital_keys, init_ca_and_server
+
+    monkeypatch.setenv("FEDWARD_HOME", str(tmp_path / "home"))
+    init_ca_and_server(tmp_path / "certs", "localhost", [])
+    private, _ = hospital_keys(tmp_path / "keys", "va")
+    args = ["supernode", "--superlink", "127.0.0.1:9092", "--ca", str(tmp_path / "certs" / "ca.crt"),
+            "--key", str(private), "--hospital", "va", "--data", str(tmp_path), "--dry-run"]
+    for text, message in (("personalise-epochs=2", "personalise-epochs is no longer used"),
+                          ('bad-files="skp"', "bad-files='skp' must be"),
+                          ("test-fraction=2", "test-fraction=2 must be in"),
+                          ("max-evaluations=-1", "max-evaluations=-1 must be >= 0"),
+                          ('benefit-report="yes"', "benefit-report='yes' must be true or false"),
+                          ('data-path="/elsewhere"', "data-path is set by --data")):
+        assert main([*args, "--node-config", text]) == 2, text
+        assert message in capsys.readouterr().err, text
+
+
+def test_simulate_refuses_a_retired_key_before_any_hospital_trains(capsys, tmp_path: Path):
+    code = main(["simulate", "--node-config", "personalise-epochs=2", "--out", str(tmp_path / "run")])
+    assert code == 2 and "personalise-epochs is no longer used" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "ledgers").exists(), "nothing trained, no ledger opened"
