@@ -201,7 +201,7 @@ def _evaluate(
     device = pick_device()
     if task.classifier and config.prior_correction:
         proba = predict_proba(model, hospital.test.x, device)
-        scores = scores_of(hospital.test.y, cross_fitted(proba, hospital.test.y, hospital.num_classes))
+        scores = scores_of(hospital.test.y, cross_fitted(proba, hospital.test.y, hospital.num_classes), ranking=proba)
     else:
         scores = task.evaluate(model, hospital.test, device)
     return {"num-examples": len(hospital.test), **scores, "seconds": round(time.perf_counter() - start, 1),

@@ -168,26 +168,30 @@ def _train_models(
 
 
 def held_out_proba(model: torch.nn.Module, config: RunConfig, hospital: HospitalData,
-                   device: torch.device) -> np.ndarray:
-    """The model's probabilities on the held-out split, as an evaluation scores them."""
+                   device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """The model's probabilities on the held-out split as an evaluation decides with them (prior-corrected
+    where the run says so) and as AUROC ranks them (uncorrected)."""
     proba = predict_proba(model, hospital.test.x, device)
-    return cross_fitted(proba, hospital.test.y, hospital.num_classes) if config.prior_correction else proba
+    decided = cross_fitted(proba, hospital.test.y, hospital.num_classes) if config.prior_correction else proba
+    return decided, proba
 
 
 def score_models(models: Mapping[str, torch.nn.Module], config: RunConfig, hospital: HospitalData, task: Task,
                  device: torch.device) -> dict[str, float]:
     y = hospital.test.y
-    probas = {name: held_out_proba(model, config, hospital, device) for name, model in models.items()}
+    both = {name: held_out_proba(model, config, hospital, device) for name, model in models.items()}
+    probas, ranked = {k: v[0] for k, v in both.items()}, {k: v[1] for k, v in both.items()}
     out: dict[str, float] = {}
     for name in MODELS:
-        scores = classification_metrics(y, probas[name])
+        scores = classification_metrics(y, probas[name], ranked[name])
         out.update({score_key(name, k): float(scores[k.replace("_", "-")]) for k in METRICS})
     draws = np.random.default_rng(0).integers(0, len(y), (BOOTSTRAP, len(y)))
     for name in COMPARED:
         for metric in METRICS:
             mid, low, high = difference_keys(name, metric)
             out[mid] = out[score_key(name, metric)] - out[score_key("local_only", metric)]
-            out[low], out[high] = paired_interval(y, probas[name], probas["local_only"], metric, draws)
+            seen = ranked if metric == "auroc" else probas
+            out[low], out[high] = paired_interval(y, seen[name], seen["local_only"], metric, draws)
     return out
 
 

@@ -8,8 +8,12 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc_auc_score, roc_curve
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, ranking: np.ndarray | None = None) -> dict[str, float]:
     """Metrics from true labels and predicted class probabilities (N, C).
+
+    `ranking`: the scores AUROC ranks, where `proba` was prior-corrected record by record
+    (common/calibration.py): a correction that leaves each record out shifts its own class
+    down, which only decisions should see; ranked, it drove a weak model's AUROC to 0.15.
 
     Balanced accuracy (mean recall over the classes present) and AUROC lead: on
     label-skewed data plain accuracy flatters a model that always answers the common
@@ -26,7 +30,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
     return {
         "balanced-accuracy": float(recall_score(y_true, pred, labels=np.unique(y_true), average="macro",
                                                 zero_division=0)),
-        "auroc": auroc(y_true, proba),
+        "auroc": auroc(y_true, proba if ranking is None else ranking),
         "accuracy": float((pred == y_true).mean()),
         "majority-baseline": float(np.bincount(y_true).max() / len(y_true)),
         "macro-f1": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),

@@ -286,10 +286,11 @@ def evaluate_classifier(model: nn.Module, data: Samples, device: torch.device) -
     return scores_of(data.y, predict_proba(model, data.x, device))
 
 
-def scores_of(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """Loss (unweighted cross-entropy) and the metrics of common.metrics for given probabilities."""
+def scores_of(y: np.ndarray, proba: np.ndarray, ranking: np.ndarray | None = None) -> dict[str, float]:
+    """Loss (unweighted cross-entropy) and the metrics of common.metrics for given probabilities
+    (`ranking`: the uncorrected ones AUROC ranks, where `proba` is prior-corrected)."""
     if len(y) == 0:
-        return {"loss": math.nan, **classification_metrics(y, proba)}
+        return {"loss": math.nan, **classification_metrics(y, proba, ranking)}
     picked = proba[np.arange(len(y)), y]
     loss = float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
-    return {"loss": loss, **classification_metrics(y, proba)}
+    return {"loss": loss, **classification_metrics(y, proba, ranking)}

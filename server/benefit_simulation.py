@@ -94,5 +94,5 @@ def cross_site(task: Task, config: RunConfig, hospitals: list[HospitalData], out
 
 
 def _scores(model: torch.nn.Module, config: RunConfig, hospital: HospitalData, device: torch.device) -> dict:
-    scores = classification_metrics(hospital.test.y, held_out_proba(model, config, hospital, device))
+    scores = classification_metrics(hospital.test.y, *held_out_proba(model, config, hospital, device))
     return {k: float(scores[k.replace("_", "-")]) for k in METRICS}

@@ -48,9 +48,9 @@ def recompute(model_file: Path, config: RunConfig, node: dict) -> dict[str, floa
     build = lambda: task.build_model(hospital.input_shape, hospital.num_classes, config)  # noqa: E731
     model = load_mixture(build(), build(), model_file) if model_file.name == MODEL_FILES["personalised"] else \
         load_model(build(), model_file)
-    proba = cross_fitted(predict_proba(model, hospital.test.x, torch.device("cpu")), hospital.test.y,
-                         hospital.num_classes)
-    scores = classification_metrics(hospital.test.y, proba)
+    raw = predict_proba(model, hospital.test.x, torch.device("cpu"))
+    proba = cross_fitted(raw, hospital.test.y, hospital.num_classes)
+    scores = classification_metrics(hospital.test.y, proba, ranking=raw)  # AUROC ranks the uncorrected scores
     return {k: scores[k.replace("_", "-")] for k in HEADLINE}
 
 
