@@ -118,7 +118,8 @@ def masked_reply(msg: Message, train: Callable[[RecordDict], RecordDict], contex
         status=Status(code=Code.OK, message=""),
         parameters=ndarrays_to_parameters(update),
         num_examples=num_examples,
-        metrics={**metrics, "hospital": hospital},
+        metrics={**metrics, "hospital": hospital,  # and what its epsilon protects, as a plain reply names it
+                 **({"privacy-unit": str(out["hospital"]["privacy-unit"])} if "privacy-unit" in out["hospital"] else {})},
     )
     return Message(content=compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
 

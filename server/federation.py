@@ -204,7 +204,8 @@ def _secure_phase(
     outcome = secure_train(grid, config, strategy, server_round, arrays, sent)
     recorder.reject(server_round, "train", outcome.rejections)
     for hospital, metrics in outcome.hospitals:
-        recorder.write(server_round, hospital, "train", row_of(metrics))
+        unit = outcome.units.get(hospital)
+        recorder.write(server_round, hospital, "train", {**row_of(metrics), **({"privacy_unit": unit} if unit else {})})
     if outcome.arrays is None:  # the reason is among outcome.rejections
         return arrays
     if len(outcome.hospitals) < config.min_replies:

@@ -63,6 +63,7 @@ class SecureOutcome:
     hospitals: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # plaintext metrics
     rejections: list[Rejection] = field(default_factory=list)
     metrics: MetricRecord | None = None
+    units: dict[str, str] = field(default_factory=dict)  # each hospital's privacy unit, as its reply names it
 
 
 @dataclass
@@ -144,10 +145,12 @@ def secure_train(
         return SecureOutcome(None, rejections=[*rejections, Rejection("all", "the secure aggregate holds NaN or Inf")])
     hospitals = [(str(res.metrics.get("hospital", names[node])), {**_numeric(res.metrics), "num-examples": res.num_examples})
                  for node, res in one_round.results]
+    units = {name: str(res.metrics["privacy-unit"]) for (name, _), (_, res) in zip(hospitals, one_round.results, strict=True)
+             if res.metrics.get("privacy-unit")}
     reply = _as_reply(new, hospitals)
     aggregated, _ = strategy.aggregate_train(server_round, [reply])
     metrics = MetricRecord({k: v for k, v in reply.content["metrics"].items()})
-    return SecureOutcome(aggregated if aggregated is not None else new, hospitals, rejections, metrics)
+    return SecureOutcome(aggregated if aggregated is not None else new, hospitals, rejections, metrics, units)
 
 
 def _query_sizes(grid: Grid, config: RunConfig, nodes: list[int]) -> tuple[dict[int, int], dict[int, str]]:

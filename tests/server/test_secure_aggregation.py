@@ -95,6 +95,9 @@ def test_secure_mean_equals_fedavg_and_no_update_reaches_the_server(data_dir: Pa
     print(f"secure vs plain FedAvg: max |difference| {difference:.2e}, bound {bound:.2e}")
     assert difference <= bound
     assert not secure_card["rejected_replies"]
+    # What each hospital's epsilon protects is named as in a plain run (it read 'unknown' under SecAgg+).
+    assert secure_card["differential_privacy"]["privacy_unit"] == plain_card["differential_privacy"]["privacy_unit"]
+    assert plain_card["differential_privacy"]["privacy_unit"].startswith(("record", "patient"))
 
     # The server never held one hospital's update: no array it received correlates with one.
     def best_match(replies: list[Message], secrets: list[np.ndarray]) -> float:
