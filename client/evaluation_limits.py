@@ -52,12 +52,14 @@ def allow_evaluation(context: Context, held_out: int, line: str) -> None:
                                            str(context.run_id))
         if done is None:
             window = f"per {privacy.cap_window_hours:g} h" if privacy.cap_window_hours else "in all"
-            raise EvaluationRefused(f"evaluation refused: this hospital's max-evaluations={most} {window} are used up")
+            raise EvaluationRefused(
+                f"evaluation refused: this hospital's allowance of max-evaluations={most} evaluations {window} is used up")
         return
     record = context.state.config_records.get(_COUNT)
     done = int(record["count"]) if record is not None else 0  # type: ignore[arg-type]
     if done >= most:
-        raise EvaluationRefused(f"evaluation refused: this hospital's max-evaluations={most} per run are used up")
+        raise EvaluationRefused(
+            f"evaluation refused: this hospital's allowance of max-evaluations={most} evaluations per run is used up")
     context.state.config_records[_COUNT] = ConfigRecord({"count": done + 1})
 
 

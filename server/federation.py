@@ -152,7 +152,8 @@ def _phase(
     needed = config.min_replies if train else 1
     if len(accepted) < needed:
         # Skipped, not retried: a retry would spend the hospitals' privacy budget again.
-        reason = f"round skipped: {len(accepted)} usable {split} replies, min-replies={needed}; global model kept"
+        reason = (f"round skipped: {len(accepted)} usable train replies, min-replies={needed}; global model kept"
+                  if train else f"evaluation skipped: no usable {split} reply; no federated score this round")
         recorder.reject(server_round, split, [Rejection("all", reason)])
         return arrays
     if config.central_dp_noise > 0:
