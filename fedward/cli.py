@@ -425,7 +425,7 @@ def print_summary(card: dict, out_dir: Path) -> None:
     if central:
         rule = " (balanced decision rule on the hospitals' DP class prior)" if final.get("class_prior") else ""
         print(f"central test split{rule}: {_headline(central)}")
-    for key in ("tstr-accuracy", "trtr-accuracy", "fd", "fd-real", "fd-ratio"):
+    for key in ("tstr-accuracy", "trtr-accuracy", "tstr-ratio", "fd", "fd-real", "fd-ratio"):
         if key in final:
             print(f"{key} {_fmt(final[key])}")
     dp = card.get("differential_privacy", {})
