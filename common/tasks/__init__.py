@@ -32,7 +32,7 @@ def get_task(name: str) -> Task:
 
 def resolve(config: RunConfig) -> RunConfig:
     """The config with the task's defaults filled in where a setting is 0 ("the task's default"):
-    lr, batch-size, max-grad-norm, num-server-rounds (common/tasks/base.py). Idempotent; an
+    lr, batch-size, max-grad-norm, num-server-rounds, and an empty model (common/tasks/base.py). Idempotent; an
     explicit value is kept. Everything that trains, plans DP steps, accounts or reports reads
     the resolved config."""
     task = get_task(config.task)
@@ -42,7 +42,9 @@ def resolve(config: RunConfig) -> RunConfig:
         "max_grad_norm": task.default_max_grad_norm,
         "num_server_rounds": task.default_rounds,
     }
-    unset = {name: value for name, value in defaults.items() if getattr(config, name) == 0}
+    unset: dict[str, object] = {name: value for name, value in defaults.items() if getattr(config, name) == 0}
+    if not config.model and task.default_model:
+        unset["model"] = task.default_model
     return config.replace(**unset) if unset else config
 
 

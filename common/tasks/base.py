@@ -37,7 +37,8 @@ class Task:
     lr -> `default_lr`, or `default_dp_lr` under DP (clipped, noisy gradients want a
     larger step); batch-size -> `default_batch_size`, or `default_dp_batch_size` under
     DP (a larger expected batch shrinks the noise relative to the signal);
-    max-grad-norm -> `default_max_grad_norm`; num-server-rounds -> `default_rounds`.
+    max-grad-norm -> `default_max_grad_norm`; num-server-rounds -> `default_rounds`; an
+    empty model -> `default_model` (so the card names the model that trained).
     """
 
     name: str
@@ -52,4 +53,5 @@ class Task:
     default_batch_size: int = 32
     default_dp_batch_size: int = 32
     default_max_grad_norm: float = 1.0
+    default_model: str = ""
     classifier: bool = True

@@ -52,6 +52,13 @@ def test_image_cnn_without_dp_runs_its_no_dp_recipe(data_dir: Path):
     assert settings(cli_config("--task", "image-cnn", "--data", data, "--epsilon", "8")) == (10, 128, 0.1, 4.0)
 
 
+@pytest.mark.parametrize(("task", "model"), [("image-cnn", "scatter"), ("sequence-rnn", "cnn-lstm"),
+                                             ("tabular", "logreg")])
+def test_the_default_model_is_named_in_the_resolved_config(task: str, model: str):
+    assert resolve(RunConfig(task=task)).model == model
+    assert resolve(RunConfig(task=task, model="gru" if task == "sequence-rnn" else "mlp")).model != model
+
+
 def test_tabular_keeps_its_old_defaults():
     assert settings(cli_config()) == (3, 32, 1.0, 0.1)
     assert settings(cli_config("--no-dp")) == (3, 32, 1.0, 0.1)
@@ -101,6 +108,7 @@ def test_image_cnn_run_with_no_tuning_flag_uses_and_accounts_the_image_defaults(
     card = assert_run_directory(out, rounds=10)
     assert card["rounds"] == 10 and card["differential_privacy"]["max_grad_norm"] == 0.1
     assert (card["config"]["batch-size"], card["config"]["lr"]) == (128, 4.0)
+    assert card["config"]["model"] == "scatter", "the card names the model that trained (it read '')"
     saved = json.loads((out / "run.json").read_text())["config"]
     assert (saved["num-server-rounds"], saved["batch-size"], saved["max-grad-norm"]) == (10, 128, 0.1)
     rows = [r for r in read_metrics(out) if r["split"] == "train" and r["hospital"] != "all"]

@@ -4,7 +4,7 @@ from functools import partial
 
 from common.tasks.base import Task
 from common.tasks.image_cnn.dataset import load_images
-from common.tasks.image_cnn.model import build_cnn
+from common.tasks.image_cnn.model import DEFAULT_MODEL, build_cnn
 from common.tasks.image_cnn.recipe import evaluate_image_classifier, fit_image_classifier
 
 # Under DP, per-sample gradients from fedward's per-layer backward (common/per_sample.py):
@@ -20,5 +20,5 @@ from common.tasks.image_cnn.recipe import evaluate_image_classifier, fit_image_c
 TASK = Task(
     name="image-cnn", load=load_images, build_model=build_cnn, train=partial(fit_image_classifier, grad_sample_mode="layers"),
     evaluate=evaluate_image_classifier, default_lr=0.001, default_dp_lr=4.0, default_rounds=10, default_dp_batch_size=128,
-    default_max_grad_norm=0.1,
+    default_max_grad_norm=0.1, default_model=DEFAULT_MODEL,
 )

@@ -4,7 +4,7 @@ from functools import partial
 
 from common.tasks.base import Task
 from common.tasks.sequence_rnn.dataset import load_sequences
-from common.tasks.sequence_rnn.model import build_rnn
+from common.tasks.sequence_rnn.model import DEFAULT_MODEL, build_rnn
 from common.training import fit_classifier
 
 # Under DP, per-sample gradients from fedward's own per-layer mode, which keeps torch's
@@ -12,5 +12,5 @@ from common.training import fit_classifier
 # (tests/common/test_dp_modes.py) at about the plain step's cost (benchmarks/dp_step.py).
 TASK = Task(
     name="sequence-rnn", load=load_sequences, build_model=build_rnn,
-    train=partial(fit_classifier, grad_sample_mode="layers"),
+    train=partial(fit_classifier, grad_sample_mode="layers"), default_model=DEFAULT_MODEL,
 )

@@ -60,10 +60,11 @@ class ConvRNNClassifier(nn.Module):
 
 
 MODELS = ("cnn-lstm", "cnn-gru", "lstm", "gru")
+DEFAULT_MODEL = "cnn-lstm"
 
 
 def build_rnn(input_shape: tuple[int, ...], num_classes: int, config: RunConfig) -> nn.Module:
-    name = config.model or "cnn-lstm"
+    name = config.model or DEFAULT_MODEL
     if name not in MODELS:
         raise ConfigError(f"model={name!r} is not a sequence model; use one of {', '.join(MODELS)}")
     if name.startswith("cnn-"):

@@ -7,10 +7,12 @@ from torch import nn
 from common.config import RunConfig
 from common.errors import ConfigError
 
+DEFAULT_MODEL = "logreg"
+
 
 def build_tabular_model(input_shape: tuple[int, ...], num_classes: int, config: RunConfig) -> nn.Module:
     features = input_shape[0]
-    variant = config.model or "logreg"
+    variant = config.model or DEFAULT_MODEL
     if variant == "logreg":
         return nn.Linear(features, num_classes)
     if variant == "mlp":
