@@ -145,8 +145,8 @@ def secure_train(
         return SecureOutcome(None, rejections=[*rejections, Rejection("all", "the secure aggregate holds NaN or Inf")])
     hospitals = [(str(res.metrics.get("hospital", names[node])), {**_numeric(res.metrics), "num-examples": res.num_examples})
                  for node, res in one_round.results]
-    units = {name: str(res.metrics["privacy-unit"]) for (name, _), (_, res) in zip(hospitals, one_round.results, strict=True)
-             if res.metrics.get("privacy-unit")}
+    units = {name: str(res.metrics["privacy-unit"])
+             for (name, _), (_, res) in zip(hospitals, one_round.results, strict=True) if "privacy-unit" in res.metrics}
     reply = _as_reply(new, hospitals)
     aggregated, _ = strategy.aggregate_train(server_round, [reply])
     metrics = MetricRecord({k: v for k, v in reply.content["metrics"].items()})

@@ -109,17 +109,13 @@ def _generated_mean_gradient(
     gen: nn.Module, critic: nn.Module, params: list[nn.Parameter], size: int, num_classes: int,
     device: torch.device, fakes: torch.Generator,
 ) -> list[torch.Tensor]:
-    """F: the mean over `size` generated images of the discriminator's gradient on them (computed with
-    the per-sample machinery, then cleared for the real images' pass)."""
+    """F: the discriminator's gradient of its mean loss on `size` generated images (a plain gradient:
+    the mean of per-sample ones, without forming them)."""
     with torch.no_grad():
         images, labels = _generated(gen, size, num_classes, device, fakes)
-    losses = F.binary_cross_entropy_with_logits(critic(images, labels), torch.zeros(size, device=device),
-                                                reduction="none")
-    record_loss_sum_over(losses).backward()
-    mean = [dense(p.grad_sample).mean(dim=0) for p in params]
-    for p in params:
-        p.grad_sample = None
-    return mean
+    with plain_gradients(critic):
+        loss = F.binary_cross_entropy_with_logits(critic(images, labels), torch.zeros(size, device=device))
+        return list(torch.autograd.grad(loss, params))
 
 
 def _fake_loss(gen: nn.Module, critic: nn.Module, size: int, num_classes: int, device: torch.device,
