@@ -1,6 +1,6 @@
 """MIT-BIH arrhythmia, inter-patient: centralised vs federated, with and without DP.
 
-    .venv/bin/python benchmarks/mitbih_utility.py [--rounds 10] [--epsilons 0 3] [--normal-per-record 300]
+    .venv/bin/python benchmarks/mitbih_utility.py [--rounds N] [--epsilons 0 3] [--normal-per-record 300]
         [--seeds 0 1 2] [--unit record|patient] [--methods centralised fedavg] [--section NAME]
 
 The split is de Chazal et al. (2004)'s DS1 / DS2: 22 records train, 22 other
@@ -13,7 +13,7 @@ patient's own beats; 3 RR channels before issue 18's change of 2026-12-01). To k
 record (chosen at random with a fixed seed) and every S, V, F and Q beat; the
 test side keeps every beat of DS2.
 
-- centralised: fedward's LSTM on all the training beats, rounds x 1 epochs.
+- centralised: the task's default model on all the training beats, rounds x 1 epochs.
 - FedAvg: 5 hospitals formed by patient (Flower Datasets' grouped natural
   partitioner over the 22 DS1 records: 5, 5, 5, 5 and 2 patients), `rounds`
   rounds of 1 local epoch, through the real round loop and ClientApp in process;
@@ -21,8 +21,8 @@ test side keeps every beat of DS2.
 
 Scores are on DS2 (never used to choose settings): accuracy, macro-F1 over the
 5 classes, macro AUROC and each class's recall, with the accuracy of always
-answering N beside them. Run defaults otherwise (class weighting on, batch 32,
-lr 0.01 / 0.1 under DP, delta 1e-5). The beats are written to a temporary .npz
+answering N beside them. Run defaults otherwise (the task's: class weighting on without
+DP; under DP batch 128, lr 0.3 and class-weighted training on the DP class histogram). The beats are written to a temporary .npz
 for the run and deleted. `--unit record` (default, the published rows) writes it
 without patient ids, so DP protects each beat; `--unit patient` adds each beat's
 patient (its record), so DP-SGD samples and clips whole patients (user-level DP).
@@ -130,7 +130,7 @@ def federated(config: RunConfig) -> list[dict[str, float | str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=0, help="0: the task's default")
     parser.add_argument("--epsilons", type=float, nargs="+", default=[0.0, 3.0])
     parser.add_argument("--methods", nargs="+", default=["centralised", "fedavg"])
     parser.add_argument("--normal-per-record", type=int, default=300, help="0: keep every N beat")
@@ -142,6 +142,7 @@ def main() -> None:
                         help="write the table under '## MIT-BIH inter-patient (DS1 train, DS2 test)<, SECTION>' "
                              "instead of replacing the main table (a partial rerun keeps the published one)")
     args = parser.parse_args()
+    args.rounds = args.rounds or get_task("sequence-rnn").default_rounds
     data_seed = args.seeds[0]
     if not (DATA / "100.hea").exists():
         sys.exit(f"{DATA} holds no MIT-BIH records: set FEDWARD_DATA_DIR to the folder holding mitbih_arrhythmia/")
@@ -200,7 +201,12 @@ def main() -> None:
               "each beat carries its difference from the patient's median beat and 7 constant channels relative to "
               "the patient's own beats (RR before, after, local rhythm, before / local, after / before; amplitude, "
               "distance from the median beat); from 2026-11-23 it carried 3 RR channels (before, after, local mean; "
-              "relative to the patient's mean RR) (common/tasks/sequence_rnn/dataset.py). The waveform alone gave: centralised 0.393 / "
+              "relative to the patient's mean RR) (common/tasks/sequence_rnn/dataset.py). Since issue 18's second "
+              "change (2026-12-02) the 7 channels hold 3 ln(ratio), and under DP the task's defaults are batch 128, "
+              "lr 0.3, 10 rounds, with each hospital's training class-weighted on its own noisy class histogram "
+              "(weights <= 1 after clipping; federated DP runs only: the centralised DP rows release no histogram "
+              "and train unweighted); chosen on DS1 validation patients (benchmarks/mitbih_validation.py). "
+              "The waveform alone gave: centralised 0.393 / "
               "F1 0.159 / AUROC 0.605, FedAvg 0.606 / 0.234 / 0.626, centralised eps 3 0.572 / 0.188 / 0.508, "
               "FedAvg eps 3 0.790 / 0.226 / 0.639. rule: argmax, or (DP federated runs, balanced-decision=true) "
               "the balanced rule argmax_c log p_c - log prior_c on the hospitals' summed DP class histograms "

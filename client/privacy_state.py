@@ -20,7 +20,8 @@ steps, so both together spend the run's epsilon. The release is charged in the
 ledger (round PRIOR_ROUND) before its noise is drawn from the round's secret seed,
 kept beside the sent rounds (or in the node's context without a ledger) and sent
 again, as it was, with every later reply of the run: a replayed round never draws
-new noise. A charge whose kept histogram was lost is not redrawn: nothing is sent.
+new noise. Where the task trains balanced, the rounds after the release weight each
+class by `training_weights` of that kept histogram (post-processing: free). A charge whose kept histogram was lost is not redrawn: nothing is sent.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from client.node_privacy import NodePrivacy
 from client.sent_rounds import SentRound, SentRounds, update_digest
-from common.class_prior import HISTOGRAM_NOISE, LEDGER_ROUND, MAX_NOISE_INCREASE, histogram_entry, release
+from common.class_prior import (
+    HISTOGRAM_NOISE, LEDGER_ROUND, MAX_NOISE_INCREASE, histogram_entry, release, training_weights,
+)
 from common.atomic import write_atomic
 from common.config import RunConfig
 from common.errors import ConfigError
@@ -69,7 +72,7 @@ class RunAccount:
     def __init__(
         self, context: Context, config: RunConfig, privacy: NodePrivacy,
         dataset: DatasetLine, run_id: str, plan: DPPlan, flwr_run_id: str | None = None,
-        releases_prior: bool = False,
+        releases_prior: bool = False, balanced_training: bool = False,
     ) -> None:
         self.context, self.config, self.privacy, self.run_id = context, config, privacy, run_id
         self.flwr_run_id = flwr_run_id
@@ -79,6 +82,7 @@ class RunAccount:
         self.sample_rate = plan.sample_rate
         self.steps_per_round = plan.steps_per_round
         self.releases_prior = releases_prior
+        self.balanced_training = balanced_training
         self.ledger = PrivacyLedger(privacy.ledger) if privacy.ledger else None
         self.sent = SentRounds(privacy.ledger, dataset.name, run_id) if privacy.ledger else None
         self._charge: Charge | None = None
@@ -147,7 +151,14 @@ class RunAccount:
                 self.dataset, self.run_id, server_round, self.noise, self.sample_rate,
                 self.steps_per_round, flwr_run_id=self.flwr_run_id, limits=limits,
             )
-        return DPState(self.noise, self.config.max_grad_norm, self.delta, list(self.history))
+        return DPState(self.noise, self.config.max_grad_norm, self.delta, list(self.history),
+                       class_weights=self._class_weights())
+
+    def _class_weights(self) -> list[float] | None:
+        """The training's class weights: from the run's released histogram (post-processing), or none."""
+        if not self.balanced_training or self.prior is None:
+            return None
+        return [float(w) for w in training_weights(np.asarray(self.prior))]
 
     def _release_prior(self, labels: PriorLabels, limits: RunLimits) -> None:
         """Charge the histogram release, then draw its noise once and keep what is sent."""
@@ -181,7 +192,11 @@ class RunAccount:
         """What the reply carries of the class histogram: the kept noisy release, or nothing."""
         if self.prior is None:
             return None
-        return ConfigRecord({"counts": list(self.prior), "noise": HISTOGRAM_NOISE, "unit": self.unit})
+        record = ConfigRecord({"counts": list(self.prior), "noise": HISTOGRAM_NOISE, "unit": self.unit})
+        weights = self._class_weights()
+        if weights is not None:
+            record["training-weights"] = weights  # the server's balanced rule divides by what the model saw
+        return record
 
     def epsilon_after(self) -> float:
         """The run's epsilon once the reserved round is sent."""

@@ -21,6 +21,11 @@ calibrated noise would spend 2.97 of 3 (0.2-0.8% more DP-SGD noise).
 The server sums the hospitals' noisy histograms into a global prior (each class at
 least `FLOOR`) and applies `adjust` to the model's probabilities wherever it scores
 decisions; no exact count ever leaves a hospital.
+
+Where the task trains balanced (`Task.balanced_training`), each hospital also weights its
+DP training by `training_weights` of its own released histogram (<= 1, applied after
+clipping: the sensitivity stays the clip norm) and says so in its reply; the server then
+divides by the histogram the model was trained on (`trained_histogram`).
 """
 
 from __future__ import annotations
@@ -68,6 +73,27 @@ def global_prior(histograms: list[np.ndarray]) -> np.ndarray:
     prior = positive / total if total > 0 else np.full(len(summed), 1.0 / len(summed))
     prior = np.clip(prior, FLOOR, None)
     return prior / prior.sum()
+
+
+def training_weights(counts: np.ndarray) -> np.ndarray:
+    """Each class's weight in a hospital's DP training, from its own noisy histogram (post-processing
+    of the release, so free): min(1, (1/K) / share), the share floored at FLOOR. A class above an
+    even share 1/K is weighted down to it, the rest keep weight 1, so every weight is <= 1: it
+    multiplies a unit's gradient *after* clipping, and one unit still moves the sum by at most the
+    clip norm (common/training.py). Without it a DP model spends its clipped, noisy steps on the
+    common class and misses the rare ones (MIT-BIH S beats, docs/benchmarks.md)."""
+    share = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
+    total = share.sum()
+    share = share / total if total > 0 else np.full(len(share), 1.0 / len(share))
+    return np.minimum(1.0, (1.0 / len(share)) / np.clip(share, FLOOR, None))
+
+
+def trained_histogram(counts: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """The class histogram a model trained with `weights` saw: the balanced rule divides by this one
+    (a weighted class is already partly balanced in training; dividing by its raw share again
+    would overshoot)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return counts if weights is None else np.clip(counts, 0.0, None) * np.asarray(weights, dtype=np.float64)
 
 
 def adjust(proba: np.ndarray, prior: np.ndarray) -> np.ndarray:

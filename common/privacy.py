@@ -39,6 +39,9 @@ class DPState:
     max_grad_norm: float
     delta: float
     history: History = field(default_factory=list)
+    # each class's weight (<= 1) on a unit's gradient after clipping (common/class_prior.py
+    # `training_weights`), or None: every unit weight 1
+    class_weights: list[float] | None = None
 
     @property
     def epsilon(self) -> float:
@@ -155,7 +158,8 @@ class _FactoredClipping:
     """Opacus's DPOptimizer, taught fedward's factored per-sample gradients (`Outer`: a Linear
     weight's, on 2-D inputs): their norms and clipped sum come from the factors; every other
     parameter's per-sample gradients are clipped exactly as Opacus does. Same clip factor per
-    sample over all parameters, same sum, noise and scaling."""
+    sample over all parameters, same sum, noise and scaling; where `unit_weights` is set (one
+    value <= 1 per unit, common/training.py), each unit's clipped gradient is scaled by it."""
 
     @property
     def grad_samples(self) -> list:  # type: ignore[override]
@@ -174,6 +178,9 @@ class _FactoredClipping:
             norms = [s.norms() if isinstance(s, Outer) else s.reshape(len(s), -1).norm(2, dim=-1) for s in samples]
             total = torch.stack([n.to(norms[0].device) for n in norms], dim=1).norm(2, dim=1)
             factors = (self.max_grad_norm / (total + 1e-6)).clamp(max=1.0)  # type: ignore[attr-defined]
+            weights = getattr(self, "unit_weights", None)
+            if weights is not None:  # each <= 1, after clipping: a unit still moves the sum by <= C
+                factors = factors * weights.to(factors.device).clamp(0.0, 1.0)
         for p, sample in zip(self.params, samples, strict=True):  # type: ignore[attr-defined]
             if isinstance(sample, Outer):
                 grad = sample.weighted_sum(factors.to(sample.grads.device))

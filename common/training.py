@@ -38,7 +38,7 @@ from common.config import RunConfig
 from common.data import Samples
 from common.metrics import classification_metrics
 from common.per_sample import dense
-from common.privacy import DPState, end_private, make_private
+from common.privacy import DPState, end_private, factored_clipping, make_private
 
 PATIENT, RECORD = "patient", "record"
 
@@ -170,6 +170,12 @@ def per_unit_gradients(params: list[nn.Parameter], owner: torch.Tensor, units: i
         p.grad_sample = summed / counts.to(g.device).view(-1, *([1] * (g.dim() - 1)))
 
 
+def unit_weights(record_weights: torch.Tensor, owner: torch.Tensor, units: int) -> torch.Tensor:
+    """Each unit's weight: the mean of its records' class weights (each <= 1, so the mean is too)."""
+    counts = torch.bincount(owner, minlength=units).clamp(min=1).to(record_weights.dtype)
+    return record_weights.new_zeros(units).index_add_(0, owner, record_weights) / counts
+
+
 def no_units(params: list[nn.Parameter]) -> None:
     """An empty Poisson batch: zero per-unit gradients, so the optimiser's step is noise alone
     (and the accountant counts it)."""
@@ -249,10 +255,15 @@ def _fit_private(
     batches = PrivateBatches(data, config, seed)
     trainable, optimizer, loader, engine = make_private(model, optimizer, batches.loader(config.batch_size), dp, mode)
     params = optimizer.params  # type: ignore[attr-defined]
+    class_weights = None
+    if dp.class_weights is not None:
+        factored_clipping(optimizer)  # its clipping applies the unit weights
+        class_weights = torch.tensor(dp.class_weights, dtype=torch.float32, device=device)
     total, seen = 0.0, 0
     for _ in range(config.local_epochs):
         for (units,) in loader:
             optimizer.zero_grad(set_to_none=True)
+            optimizer.unit_weights = None  # type: ignore[attr-defined]
             if len(units) == 0:
                 no_units(params)
             else:
@@ -260,6 +271,8 @@ def _fit_private(
                 losses = F.cross_entropy(trainable(x), y, reduction="none")
                 record_loss_sum_over(losses).backward()
                 per_unit_gradients(params, owner, len(units))
+                if class_weights is not None:
+                    optimizer.unit_weights = unit_weights(class_weights[y], owner, len(units))  # type: ignore[attr-defined]
                 total += float(losses.detach().sum())
                 seen += len(y)
             optimizer.step()

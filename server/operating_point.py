@@ -21,7 +21,7 @@ import torch
 from flwr.app import Message
 from torch import nn
 
-from common.class_prior import FLOOR, HISTOGRAM_NOISE, RULE, adjust, global_prior, per_class
+from common.class_prior import FLOOR, HISTOGRAM_NOISE, RULE, adjust, global_prior, per_class, trained_histogram
 from common.data import Samples
 from common.metrics import at_cut, youden_cut
 from common.training import predict_proba, scores_of
@@ -46,16 +46,24 @@ def operating_point(
 
 
 def received_priors(replies: list[Message], num_classes: int) -> dict[str, np.ndarray]:
-    """Each hospital's noisy class histogram (`class-prior` of its train reply), by hospital name;
-    one of the wrong length or not finite is left out."""
+    """Each hospital's noisy class histogram (`class-prior` of its train reply), by hospital name, as
+    its training saw it (times its `training-weights` where it sent them); one of the wrong length,
+    not finite, or with weights outside [0, 1] is left out."""
     priors: dict[str, np.ndarray] = {}
     for msg in replies:
         if msg.has_error() or "class-prior" not in msg.content.config_records:
             continue
-        counts = msg.content.config_records["class-prior"].get("counts")
+        record = msg.content.config_records["class-prior"]
+        counts, weights = record.get("counts"), record.get("training-weights")
         values = np.asarray(counts if isinstance(counts, list) else [], dtype=np.float64)
-        if values.shape == (num_classes,) and np.isfinite(values).all():
-            priors[hospital_of(msg)] = values
+        if values.shape != (num_classes,) or not np.isfinite(values).all():
+            continue
+        if weights is not None:  # the hospital trained class-weighted: the rule divides by what it saw
+            seen = np.asarray(weights if isinstance(weights, list) else [], dtype=np.float64)
+            if seen.shape != (num_classes,) or not np.isfinite(seen).all() or (seen < 0).any() or (seen > 1).any():
+                continue
+            values = trained_histogram(values, seen)
+        priors[hospital_of(msg)] = values
     return priors
 
 

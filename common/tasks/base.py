@@ -55,3 +55,6 @@ class Task:
     default_max_grad_norm: float = 1.0
     default_model: str = ""
     classifier: bool = True
+    # under DP with the class histogram released (balanced-decision=true): each hospital weights its
+    # training by class (common/class_prior.py `training_weights`, applied after clipping)
+    balanced_training: bool = False

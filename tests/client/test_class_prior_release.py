@@ -103,3 +103,41 @@ def test_a_small_epsilon_trains_without_the_release_instead_of_failing(tmp_path:
     assert config.epsilon - 0.005 <= metrics["epsilon"] <= config.epsilon
     with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
         assert all(c.round >= 1 for c in ledger.charges("ward")), "no release charged"
+
+
+def test_a_balanced_task_trains_with_weights_from_its_own_release_and_the_server_divides_by_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Where the task trains balanced (sequence-rnn), each round's DP training weights the classes by
+    common/class_prior.py's rule on the hospital's own *noisy* histogram (post-processing of the
+    release, so free), the same in every round; the reply says which weights, and the server's
+    balanced rule divides by the histogram the model was trained on."""
+    import dataclasses
+
+    import common.tasks.tabular as tabular
+    from common.class_prior import trained_histogram, training_weights
+    from server.operating_point import received_priors
+
+    seen: list[list[float] | None] = []
+    original = tabular.TASK.train
+
+    def spy(model, data, classes, config, dp, device, seed):  # type: ignore[no-untyped-def]
+        seen.append(dp.class_weights if dp is not None else None)
+        return original(model, data, classes, config, dp, device, seed)
+
+    monkeypatch.setattr(tabular, "TASK", dataclasses.replace(tabular.TASK, balanced_training=True, train=spy))
+    context = _node(tmp_path)
+    first, second = _train(context, 1), _train(context, 2)
+    counts = np.array(first.content["class-prior"]["counts"])
+    expected = [float(w) for w in training_weights(counts)]
+    assert seen == [expected, expected], "both rounds, from the released histogram"
+    train = hospital_data(CONFIG, context.node_config).train
+    assert not np.allclose(expected, training_weights(unit_histogram(train.y, 2))), "not from exact counts"
+    assert min(expected) < 1.0 == max(expected)
+    assert list(second.content["class-prior"]["training-weights"]) == expected
+    (prior,) = received_priors([second], 2).values()
+    assert np.allclose(prior, trained_histogram(counts, np.array(expected)))
+    second.content["class-prior"]["training-weights"] = [2.0, 1.0]  # a weight above 1 is no DP weight
+    assert received_priors([second], 2) == {}
+    monkeypatch.setattr(tabular, "TASK", dataclasses.replace(tabular.TASK, balanced_training=False))
+    (tmp_path / "plain").mkdir()
+    assert "training-weights" not in _train(_node(tmp_path / "plain"), 1).content["class-prior"]

@@ -66,3 +66,16 @@ def test_the_balanced_rule_turns_the_skewed_prior_back():
     proba = np.array([[0.7, 0.3], [0.95, 0.05]])
     assert adjust(proba, prior).argmax(axis=1).tolist() == [1, 0]
     assert global_prior([np.array([5.0, -20.0])])[1] > 0, "a noisy negative count gets the floor"
+
+
+def test_training_weights_bring_a_common_class_down_to_an_even_share_and_never_exceed_1():
+    from common.class_prior import trained_histogram, training_weights
+
+    counts = np.array([5600.0, 800.0, 3200.0, 350.0, 10.0])  # MIT-BIH DS1's mix
+    weights = training_weights(counts)
+    assert np.allclose(weights, [0.2 / 0.5622, 1, 0.2 / 0.3213, 1, 1], atol=1e-3)
+    seen = trained_histogram(counts, weights)
+    assert np.allclose(seen[[0, 2]] / seen.sum(), seen[0] / seen.sum()), "N and V weigh alike after weighting"
+    for noisy in (np.array([-12.0, 3.0, 40.0]), np.zeros(3), np.array([1e6, -1e6, 5.0])):
+        w = training_weights(noisy)  # a noisy release may hold negative counts
+        assert np.isfinite(w).all() and (w > 0).all() and (w <= 1).all()

@@ -56,7 +56,8 @@ def clipped_sums() -> Iterator[list[torch.Tensor]]:
         yield sums
 
 
-def first_clipped_sum(case: str, samples: Samples, clip: float, batch_size: int = 0, **settings: object) -> torch.Tensor:
+def first_clipped_sum(case: str, samples: Samples, clip: float, batch_size: int = 0,
+                      class_weights: list[float] | None = None, **settings: object) -> torch.Tensor:
     """The clipped sum of the first DP step of the task's own training, every unit sampled. Neighbouring
     data sets are compared under one run config: pass the larger one's `batch_size` (default len + 1)."""
     task_name, model_name, _, classes = CASES[case]
@@ -68,7 +69,7 @@ def first_clipped_sum(case: str, samples: Samples, clip: float, batch_size: int 
     torch.manual_seed(0)
     model = task.build_model(shape, classes, config)
     with clipped_sums() as sums:
-        task.train(model, samples, classes, config, DPState(0.0, clip, 1e-5), CPU, 5)
+        task.train(model, samples, classes, config, DPState(0.0, clip, 1e-5, class_weights=class_weights), CPU, 5)
     return sums[0]
 
 
@@ -232,3 +233,48 @@ def test_factored_linear_clipping_equals_clipping_the_formed_gradients(patients:
             patch.setattr(per_sample, "_outer_linear", formed)
             theirs = first_clipped_sum("image-cnn", samples, clip)
         assert torch.allclose(mine, theirs, atol=1e-6, rtol=1e-4), float((mine - theirs).abs().max())
+
+
+WEIGHTED = ("sequence-cnn-lstm", "tabular-logreg", "image-cnn")  # layers and Opacus's hooks
+
+
+def skew_weights(case: str, samples: Samples) -> list[float]:
+    """The weights a hospital would train with: common/class_prior.py's rule on its histogram."""
+    from common.class_prior import training_weights
+
+    weights = training_weights(np.bincount(samples.y, minlength=CASES[case][3]))
+    assert weights.min() < 0.7 and weights.max() == 1.0
+    return [float(w) for w in weights]
+
+
+@pytest.mark.parametrize("case", WEIGHTED)
+def test_class_weights_after_clipping_keep_one_record_and_one_patient_within_c(case: str):
+    """A class weight (<= 1) multiplies a unit's gradient after it is clipped: removing a record or a
+    patient of any class still moves the sum by at most C; and the weights do act (the sum changes)."""
+    worst = 0.0
+    for samples in (imbalanced(case, 14, seed=1), with_patients(case, 1)):
+        weights = skew_weights(case, samples)
+        for clip in (0.05, 1.0):
+            full = first_clipped_sum(case, samples, clip, class_weights=weights)
+            assert float((full - first_clipped_sum(case, samples, clip)).norm()) > 1e-3 * clip
+            units = samples.patients if samples.patients is not None else np.arange(len(samples))
+            for gone in np.unique(units)[:4]:
+                rest = samples.take(np.flatnonzero(units != gone))
+                change = float((full - first_clipped_sum(case, rest, clip, len(samples) + 1,
+                                                         class_weights=weights)).norm())
+                worst = max(worst, change / clip)
+    print(f"{case} class-weighted: largest change {worst:.3f} C")
+    assert worst <= 1 + 1e-4
+
+
+def test_a_weighted_record_moves_the_sum_by_its_weight_times_its_clipped_gradient():
+    """Clipped first, weighted after: one class-0 record of weight 0.25 adds exactly 0.25 of its
+    clipped gradient (weighting before clipping would be undone by the clip)."""
+    case = "sequence-cnn-lstm"
+    one = imbalanced(case, 6, seed=2).take(np.array([0]))
+    assert one.y[0] == 0
+    clip = 0.05  # binds: the clipped gradient has norm C
+    plain = first_clipped_sum(case, one, clip)
+    weighted = first_clipped_sum(case, one, clip, class_weights=[0.25, 1, 1, 1, 1])
+    assert float(plain.norm()) == pytest.approx(clip, rel=1e-3)
+    assert torch.allclose(weighted, 0.25 * plain, atol=1e-7)

@@ -19,8 +19,10 @@ def test_mitbih_beats_get_aami_labels_and_patient_sites(mitbih_subset: Path):
     assert {0, 2} <= labels  # record 119 and 208 hold many ventricular (V) beats
     per_beat = data.train.x[:, :, 0]
     assert np.allclose(per_beat.mean(axis=1), 0, atol=1e-4)
-    rhythm = data.train.x[:, 0, 2:]
-    assert np.array_equal(data.train.x[:, -1, 2:], rhythm), "RR and shape features are the same at every step"
+    from common.tasks.sequence_rnn.dataset import FEATURE_SCALE
+
+    assert np.array_equal(data.train.x[:, -1, 2:], data.train.x[:, 0, 2:]), "the same at every step"
+    rhythm = np.exp(data.train.x[:, 0, 2:] / FEATURE_SCALE)  # the channels hold FEATURE_SCALE ln(ratio)
     # premature ventricular beats come early and are followed by a compensatory pause
     normal, ventricular = rhythm[data.train.y == 0], rhythm[data.train.y == 2]
     assert np.median(ventricular[:, 0]) < 0.85 < np.median(normal[:, 0])
@@ -60,8 +62,12 @@ def test_real_supraventricular_beats_are_early_and_ventricular_beats_unlike_the_
         mitbih_subset: Path):
     """On real records (100 and 208 hold 35 S beats; 119 and 208 many V beats): the features the
     model gets separate S and V from N across these four patients."""
+    from common.tasks.sequence_rnn.dataset import FEATURE_SCALE
+
     data = get_task("sequence-rnn").load(str(mitbih_subset), CONFIG)
-    features, y = data.train.x[:, 0, 2:], data.train.y
+    logs, y = data.train.x[:, 0, 2:], data.train.y
+    assert abs(float(np.median(logs[y == 0, 3]))) < 0.2  # FEATURE_SCALE ln(ratio): 0 at the usual beat
+    features = np.exp(logs / FEATURE_SCALE)  # the ratios themselves
     normal, supra, ventricular = features[y == 0], features[y == 1], features[y == 2]
     assert len(supra) >= 30
     assert np.median(supra[:, 3]) < 0.85 < 0.95 < np.median(normal[:, 3])  # early against the local rhythm

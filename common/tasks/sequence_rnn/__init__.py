@@ -13,4 +13,5 @@ from common.training import fit_classifier
 TASK = Task(
     name="sequence-rnn", load=load_sequences, build_model=build_rnn,
     train=partial(fit_classifier, grad_sample_mode="layers"), default_model=DEFAULT_MODEL,
+    default_dp_batch_size=128, default_dp_lr=0.3, default_rounds=10, balanced_training=True,
 )

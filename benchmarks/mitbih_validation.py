@@ -1,0 +1,133 @@
+"""MIT-BIH: choose the ECG task's DP settings on validation patients (DS1 only, never DS2).
+
+    .venv/bin/python benchmarks/mitbih_validation.py [--configs "" "batch=256" "rounds=20" "balanced=0"]
+        [--seeds 0 1 2]
+
+DS1's 22 records (the training side of benchmarks/mitbih_utility.py, at most 300 N
+beats each) are cut into 4 folds of patients. For each fold a federated DP run
+(epsilon 3, 4 hospitals of the remaining patients, record-level DP, the real round
+loop and ClientApp in process) trains on three folds and its model scores the
+held-out fold's patients; the four folds' predictions together give each class's
+recall and the macro-F1 over all 22 patients, by argmax and by the server's balanced
+rule on the run's DP class prior. A config is a list of run settings changed from the
+task's defaults (batch=, lr=, rounds=, epochs=, clip=) and balanced=0 (no class-weighted
+DP training). DS2 is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import common.tasks.sequence_rnn as sequence  # noqa: E402
+from common.class_prior import adjust  # noqa: E402
+from common.config import RunConfig  # noqa: E402
+from common.metrics import classification_metrics  # noqa: E402
+from common.tasks import get_task, resolve  # noqa: E402
+from common.training import predict_proba  # noqa: E402
+from inprocess import federate, virtual_hospitals  # noqa: E402
+from mitbih_utility import DS1, beats  # noqa: E402
+from report import write_section  # noqa: E402
+
+FOLDS, HOSPITALS = 4, 4
+SETTINGS = {"batch": "batch_size", "lr": "lr", "rounds": "num_server_rounds", "epochs": "local_epochs",
+            "clip": "max_grad_norm"}
+
+
+def parse(config: str) -> tuple[dict[str, float], bool]:
+    changes, balanced = {}, True
+    for part in config.split():
+        key, _, value = part.partition("=")
+        if key == "balanced":
+            balanced = value != "0"
+        elif key in SETTINGS:
+            changes[SETTINGS[key]] = float(value) if key in ("lr", "clip") else int(value)
+        else:
+            sys.exit(f"unknown setting {key!r} in config {config!r}; use {', '.join(SETTINGS)} or balanced")
+    return changes, balanced
+
+
+def cross_validated(config: str, seed: int) -> dict[str, object]:
+    changes, balanced = parse(config)
+    sequence.TASK = dataclasses.replace(sequence.TASK, balanced_training=balanced)
+    train = beats(DS1, 300, 0)
+    records = np.array(sorted(set(train.groups)))
+    np.random.default_rng(0).shuffle(records)
+    folds = np.array_split(records, FOLDS)
+    scored = {"argmax": np.zeros((len(train.y), 5)), "balanced": np.zeros((len(train.y), 5))}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, fold in enumerate(folds):
+            held = np.isin(train.groups, fold)
+            kept = [r for r in records if r not in set(fold)]
+            site = np.array([f"h{kept.index(r) % HOSPITALS}" for r in train.groups[~held]])
+            path = Path(tmp) / f"fold{k}.npz"
+            np.savez(path, x=train.x[~held], y=train.y[~held], groups=site, x_test=train.x[held], y_test=train.y[held])
+            run_config = resolve(RunConfig(task="sequence-rnn", data_path=str(path), partition="natural", dp=True,
+                                           epsilon=3.0, seed=seed, min_hospitals=HOSPITALS, **changes))
+            with contextlib.redirect_stdout(io.StringIO()):
+                run = federate(run_config, virtual_hospitals(HOSPITALS))
+            model = get_task("sequence-rnn").build_model(train.x.shape[1:], 5, run_config)
+            model.load_state_dict(run.weights)
+            proba = predict_proba(model, train.x[held], torch.device("cpu"))
+            section = run.card["final_metrics"].get("class_prior")
+            scored["argmax"][held] = proba
+            scored["balanced"][held] = adjust(proba, np.array(section["prior"])) if section else proba
+    row: dict[str, object] = {"config": config or "defaults", "seed": seed, "seconds": time.perf_counter() - start,
+                              "batch": run_config.batch_size, "lr": run_config.lr,
+                              "rounds": run_config.num_server_rounds, "balanced_training": balanced}
+    for rule, proba in scored.items():
+        pred = proba.argmax(axis=1)
+        row[f"{rule}_macro_f1"] = classification_metrics(train.y, proba)["macro-f1"]
+        for c, name in enumerate("NSVF"):
+            row[f"{rule}_recall_{name}"] = float((pred[train.y == c] == c).mean())
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--configs", nargs="+", default=["", "batch=256", "balanced=0"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    table = []
+    for config in args.configs:
+        rows = [cross_validated(config, seed) for seed in args.seeds]
+        for row in rows:
+            print(json.dumps({"measure": "mitbih_validation", **row}), flush=True)
+        table.extend(rows)
+        if len(rows) > 1:
+            numeric = [k for k, v in rows[0].items() if isinstance(v, float) and k != "seconds"]
+            mean = {**{k: rows[0][k] for k in ("config", "batch", "lr", "rounds", "balanced_training")},
+                    "seed": f"mean of {len(rows)}", **{k: statistics.mean(float(r[k]) for r in rows) for k in numeric}}
+            print(json.dumps({"measure": "mitbih_validation_mean", **mean}), flush=True)
+            table.append(mean)
+    columns = ["config", "seed", "batch", "lr", "rounds", "balanced_training", "argmax_macro_f1", "argmax_recall_S",
+               "argmax_recall_V", "balanced_macro_f1", "balanced_recall_N", "balanced_recall_S", "balanced_recall_V",
+               "balanced_recall_F", "seconds"]
+    write_section(
+        "MIT-BIH: DP settings chosen on DS1 validation patients", table, columns,
+        notes="Federated DP (epsilon 3, record level), 4 hospitals of DS1 patients, 4 folds of patients held out in "
+              "turn; scores over all 22 DS1 patients' held-out predictions. DS2 is never read. config: the settings "
+              "changed from the task's defaults; balanced_training: class-weighted DP training on the hospital's "
+              "noisy class histogram (common/class_prior.py). argmax / balanced: the decision rule (balanced: the "
+              "server's rule on the run's DP class prior). One seed's spread is large (S beats come from a few "
+              "patients): compare means.",
+    )
+
+
+if __name__ == "__main__":
+    main()
