@@ -21,7 +21,8 @@ ledger (round PRIOR_ROUND) before its noise is drawn from the round's secret see
 kept beside the sent rounds (or in the node's context without a ledger) and sent
 again, as it was, with every later reply of the run: a replayed round never draws
 new noise. Where the task trains balanced, the rounds after the release weight each
-class by `training_weights` of that kept histogram (post-processing: free). A charge whose kept histogram was lost is not redrawn: nothing is sent.
+class by `training_weights` of that kept histogram (post-processing: free), where it holds
+enough units for its noise (common/class_prior.py `weights_from_release`). A charge whose kept histogram was lost is not redrawn: nothing is sent.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from client.node_privacy import NodePrivacy
 from client.sent_rounds import SentRound, SentRounds, update_digest
 from common.class_prior import (
-    HISTOGRAM_NOISE, LEDGER_ROUND, MAX_NOISE_INCREASE, histogram_entry, release, training_weights,
+    HISTOGRAM_NOISE, LEDGER_ROUND, MAX_NOISE_INCREASE, histogram_entry, release, weights_from_release,
 )
 from common.atomic import write_atomic
 from common.config import RunConfig
@@ -158,7 +159,8 @@ class RunAccount:
         """The training's class weights: from the run's released histogram (post-processing), or none."""
         if not self.balanced_training or self.prior is None:
             return None
-        return [float(w) for w in training_weights(np.asarray(self.prior))]
+        weights = weights_from_release(np.asarray(self.prior))
+        return None if weights is None else [float(w) for w in weights]
 
     def _release_prior(self, labels: PriorLabels, limits: RunLimits) -> None:
         """Charge the histogram release, then draw its noise once and keep what is sent."""

@@ -1,8 +1,8 @@
 """A differentially private class prior, and the balanced decision rule built on it.
 
-Under DP a classifier trains without class weights (weights computed from the raw
-labels would leak the label histogram), so it learns the skewed prior and its argmax
-answers the common class. Post-hoc logit adjustment (Menon et al. 2021, "Long-tail
+Under DP a classifier cannot weight classes by its raw labels (weights computed from
+them would leak the label histogram and couple records), so it learns the skewed prior
+and its argmax answers the common class. Post-hoc logit adjustment (Menon et al. 2021, "Long-tail
 learning via logit adjustment") undoes that: predict argmax_c log p_c - log prior_c,
 the Bayes rule for the balanced error. It needs the training prior, which is private.
 
@@ -22,8 +22,9 @@ The server sums the hospitals' noisy histograms into a global prior (each class 
 least `FLOOR`) and applies `adjust` to the model's probabilities wherever it scores
 decisions; no exact count ever leaves a hospital.
 
-Where the task trains balanced (`Task.balanced_training`), each hospital also weights its
-DP training by `training_weights` of its own released histogram (<= 1, applied after
+Where the task trains balanced (`Task.balanced_training`) and the release holds at least
+MIN_WEIGHTING_TOTAL units, each hospital also weights its DP training by `training_weights`
+of its own released histogram (<= 1, applied after
 clipping: the sensitivity stays the clip norm) and says so in its reply; the server then
 divides by the histogram the model was trained on (`trained_histogram`).
 """
@@ -36,6 +37,9 @@ import numpy as np
 
 HISTOGRAM_NOISE = 10.0  # standard deviation per class of the released histogram (sensitivity 1)
 FLOOR = 1e-3  # the smallest prior a class may get: a noisy count below it is clipped here
+# class-weighted DP training only on a release of at least this noisy total (units): each share
+# then has a standard deviation of at most HISTOGRAM_NOISE / MIN_WEIGHTING_TOTAL = 0.02
+MIN_WEIGHTING_TOTAL = 500.0
 MAX_NOISE_INCREASE = 0.05  # a hospital releases only where that raises its DP-SGD noise by <= 5%
 LEDGER_ROUND = -1  # the round number a privacy ledger records the release under
 RULE = "post-hoc logit adjustment (Menon et al. 2021): argmax_c log p_c - log prior_c"
@@ -73,6 +77,16 @@ def global_prior(histograms: list[np.ndarray]) -> np.ndarray:
     prior = positive / total if total > 0 else np.full(len(summed), 1.0 / len(summed))
     prior = np.clip(prior, FLOOR, None)
     return prior / prior.sum()
+
+
+def weights_from_release(counts: np.ndarray) -> np.ndarray | None:
+    """`training_weights` of a released histogram, or None where it holds too few units for its
+    noise (a noisy total below MIN_WEIGHTING_TOTAL): with 10 patients and noise 10 per class the
+    shares, and so the weights, would be noise, often weighting a rare class down."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.sum() < MIN_WEIGHTING_TOTAL:
+        return None
+    return training_weights(counts)
 
 
 def training_weights(counts: np.ndarray) -> np.ndarray:

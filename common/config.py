@@ -86,7 +86,7 @@ class RunConfig:
     image_size: int = 28
     max_samples: int = 0
     test_fraction: float = 0.25
-    class_weighting: bool = True  # without DP only: under DP every record's loss weighs 1
+    class_weighting: bool = True  # without DP only; under DP see common/class_prior.py (weights after clipping)
     # Where the data names each sample's patient, DP protects patients: a step samples patients and
     # each sampled patient contributes at most this many of its samples (its gradient is their mean).
     records_per_patient: int = 16

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--hospitals", type=int, default=4, help="number of virtual hospitals")
     sim.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | natural")
     sim.add_argument("--rounds", type=int, default=0,
-                     help="server rounds (0: the task's default, image-cnn 10, the other tasks 3)")
+                     help="server rounds (0: the task's default, image-cnn and sequence-rnn 10, the other tasks 3)")
     sim.add_argument("--strategy", default="fedavg", help=f"one of {', '.join(STRATEGY_NAMES)}")
     sim.add_argument("--epsilon", type=float, default=3.0, help="each hospital's target epsilon for the run")
     sim.add_argument("--delta", type=float, default=1e-5)
@@ -33,11 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="DP clipping norm (0: the task's default, image-cnn 0.1, the other tasks 1.0)")
     sim.add_argument("--local-epochs", type=int, default=1)
     sim.add_argument("--batch-size", type=int, default=0,
-                     help="(expected) batch size (0: the task's default, image-cnn 128 under DP, otherwise 32)")
+                     help="(expected) batch size (0: the task's default, image-cnn and sequence-rnn 128 under DP, "
+                          "otherwise 32)")
     sim.add_argument("--lr", type=float, default=0.0, help="local learning rate (0: the task's default)")
-    sim.add_argument("--model", default="", help="tabular: logreg|mlp; sequence-rnn: lstm|gru")
+    sim.add_argument("--model", default="",
+                     help="tabular: logreg|mlp; image-cnn: scatter|scatter-cnn|cnn; sequence-rnn: cnn-lstm|cnn-gru|lstm|gru")
     sim.add_argument("--no-class-weighting", action="store_true",
-                     help="plain loss instead of the class-weighted one (without DP; under DP no loss is weighted)")
+                     help="plain loss instead of the class-weighted one (without DP; under DP only sequence-rnn "
+                          "weights classes, from its noisy class histogram)")
     sim.add_argument("--records-per-patient", type=int, default=16,
                      help="DP per patient: at most this many of a sampled patient's samples per step")
     sim.add_argument("--no-balanced-decision", action="store_true",

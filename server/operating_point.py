@@ -85,7 +85,8 @@ def prior_section(
     section: dict[str, Any] = {
         "prior": [float(p) for p in prior], "hospitals": sorted(priors), "rule": RULE,
         "release": f"each hospital's training class histogram + N(0, {HISTOGRAM_NOISE:g}^2) per class, once per "
-                   f"run, charged in its DP account; summed, each class at least {FLOOR:g}",
+                   f"run, charged in its DP account; a hospital that trained class-weighted on it (sequence-rnn) "
+                   f"counts as its histogram times its training-weights; summed, each class at least {FLOOR:g}",
     }
     if test is not None and len(test):
         proba = predict_proba(model, test.x, device)

@@ -105,12 +105,23 @@ def test_a_small_epsilon_trains_without_the_release_instead_of_failing(tmp_path:
         assert all(c.round >= 1 for c in ledger.charges("ward")), "no release charged"
 
 
+def _skewed_ward(path: Path, visits: int, patients: int = 0) -> Path:
+    """`visits` rows, 80% of label 0; with `patients`, each row names one of that many patients."""
+    rng = np.random.default_rng(1)
+    header = "age,bp,label" + (",patient" if patients else "")
+    rows = [f"{40 + rng.integers(30)},{110 + rng.integers(40)},{int(rng.random() < 0.2)}"
+            + (f",p{i % patients}" if patients else "") for i in range(visits)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
 def test_a_balanced_task_trains_with_weights_from_its_own_release_and_the_server_divides_by_them(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Where the task trains balanced (sequence-rnn), each round's DP training weights the classes by
     common/class_prior.py's rule on the hospital's own *noisy* histogram (post-processing of the
     release, so free), the same in every round; the reply says which weights, and the server's
-    balanced rule divides by the histogram the model was trained on."""
+    balanced rule divides by the histogram the model was trained on. A release of few units (24
+    patients, noise 10 per class) is too noisy to weight by: that hospital trains unweighted."""
     import dataclasses
 
     import common.tasks.tabular as tabular
@@ -126,18 +137,27 @@ def test_a_balanced_task_trains_with_weights_from_its_own_release_and_the_server
 
     monkeypatch.setattr(tabular, "TASK", dataclasses.replace(tabular.TASK, balanced_training=True, train=spy))
     context = _node(tmp_path)
-    first, second = _train(context, 1), _train(context, 2)
+    _skewed_ward(Path(context.node_config["data-path"]), 800)
+    config = CONFIG.replace(batch_size=64)
+    first, second = _train(context, 1, config), _train(context, 2, config)
     counts = np.array(first.content["class-prior"]["counts"])
     expected = [float(w) for w in training_weights(counts)]
     assert seen == [expected, expected], "both rounds, from the released histogram"
-    train = hospital_data(CONFIG, context.node_config).train
+    train = hospital_data(config, context.node_config).train
     assert not np.allclose(expected, training_weights(unit_histogram(train.y, 2))), "not from exact counts"
-    assert min(expected) < 1.0 == max(expected)
+    assert expected[0] < 0.75 and expected[1] == 1.0, "the common class is weighted down"
     assert list(second.content["class-prior"]["training-weights"]) == expected
     (prior,) = received_priors([second], 2).values()
     assert np.allclose(prior, trained_histogram(counts, np.array(expected)))
     second.content["class-prior"]["training-weights"] = [2.0, 1.0]  # a weight above 1 is no DP weight
     assert received_priors([second], 2) == {}
+
+    (tmp_path / "few").mkdir()
+    few = _node(tmp_path / "few", patients=True)
+    _skewed_ward(Path(few.node_config["data-path"]), 240, patients=24)
+    seen.clear()
+    reply = _train(few, 1, config)
+    assert "training-weights" not in reply.content["class-prior"] and seen == [None]
     monkeypatch.setattr(tabular, "TASK", dataclasses.replace(tabular.TASK, balanced_training=False))
     (tmp_path / "plain").mkdir()
     assert "training-weights" not in _train(_node(tmp_path / "plain"), 1).content["class-prior"]
