@@ -18,8 +18,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, ranking: np.nd
     Balanced accuracy (mean recall over the classes present) and AUROC lead: on
     label-skewed data plain accuracy flatters a model that always answers the common
     class, so `majority-baseline` (the accuracy of always answering these labels' most
-    common class) stands beside it. AUROC is NaN where it is undefined (a held-out
-    set with a single class).
+    common class) stands beside it. AUROC is one-vs-rest, macro over the classes the
+    labels hold (a natural split's held-out set often lacks a rare class), and NaN where
+    it is undefined (a held-out set with a single class).
     """
     if len(y_true) == 0:
         return {"balanced-accuracy": math.nan, "auroc": math.nan, "accuracy": math.nan,
@@ -49,9 +50,9 @@ def auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
         return math.nan
     if proba.shape[1] == 2:
         return float(roc_auc_score(y_true, proba[:, 1]))
-    if len(present) < proba.shape[1]:
-        return math.nan
-    return float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro"))
+    # one-vs-rest, macro over the classes these labels hold (sklearn's "ovr" macro where all are
+    # present); a class absent from a hospital's held-out split has no AUROC of its own
+    return float(np.mean([roc_auc_score(y_true == c, proba[:, c]) for c in present]))
 
 
 def majority_baseline(y_train: np.ndarray, y_test: np.ndarray) -> float:

@@ -441,7 +441,8 @@ def print_summary(card: dict, out_dir: Path) -> None:
         print(f"central DP (hospital-level) epsilon {_fmt(cdp['epsilon'])} at delta {cdp['delta']:g}, "
               f"{cdp['releases']} noisy rounds; the per-hospital epsilon below is sample-level")
     for name, info in card["hospitals"].items():
-        print(f"  {name:<14} epsilon spent {_fmt(info['epsilon_spent'])} | {_headline(info['final_test_metrics'] or {})}")
+        spent = f"epsilon spent {_fmt(info['epsilon_spent'])}" if dp.get("enabled") else "no DP"  # not "epsilon 0"
+        print(f"  {name:<14} {spent} | {_headline(info['final_test_metrics'] or {})}")
     if card.get("benefit"):
         from common.benefit import format_table
 

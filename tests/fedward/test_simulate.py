@@ -46,6 +46,8 @@ def test_heart_disease_natural_split_beats_majority_at_every_hospital(data_dir: 
     log = result.stdout + result.stderr
     assert log.count("Secure aggregation completed") == (3 if dp else 0)
     assert "federated (hospitals' held-out splits): balanced accuracy" in result.stdout, "the summary leads with it"
+    hospital_line = next(line for line in result.stdout.splitlines() if line.strip().startswith("cleveland "))
+    assert ("epsilon spent" in hospital_line) == dp and ("no DP" in hospital_line) != dp, hospital_line
     card = assert_run_directory(out, rounds=3)
     assert set(card["hospitals"]) == {"cleveland", "hungarian", "switzerland", "va"}
     config = RunConfig(data_path=str(heart), partition="natural")
