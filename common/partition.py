@@ -51,6 +51,8 @@ _SPLITS: dict[tuple, tuple[Samples, tuple[np.ndarray, ...]]] = {}
 
 
 def _split(samples: Samples, partition: Partition, num_partitions: int, seed: int) -> tuple[np.ndarray, ...]:
+    if samples.patients is not None and partition.scheme != "natural":
+        return _split_patients(samples, partition, num_partitions, seed)
     if num_partitions > len(samples):
         raise ConfigError(
             f"{num_partitions} hospitals but only {len(samples)} samples: use fewer "
@@ -75,6 +77,27 @@ def _split(samples: Samples, partition: Partition, num_partitions: int, seed: in
     except ValueError as err:  # e.g. Dirichlet cannot reach its minimum partition size
         raise ConfigError(f"partition={partition}: {err}") from err
     return tuple(np.sort(np.asarray(part, dtype=np.int64)) for part in parts)
+
+
+def _split_patients(samples: Samples, partition: Partition, num_partitions: int,
+                    seed: int) -> tuple[np.ndarray, ...]:
+    """iid / Dirichlet over patients, each hospital taking its patients' every sample: split record
+    by record, one patient's samples would sit at several hospitals, and each hospital's
+    patient-level epsilon would protect only its share of them (per patient, the hospitals'
+    epsilons would add up). Dirichlet reads each patient's most common label."""
+    ids, owner = np.unique(samples.patients, return_inverse=True)
+    if num_partitions > len(ids):
+        raise ConfigError(
+            f"{num_partitions} hospitals but only {len(ids)} patients: a patient's samples stay at one "
+            "hospital; use fewer hospitals (--hospitals)"
+        )
+    counts = np.zeros((len(ids), int(samples.y.max()) + 1), dtype=np.int64)
+    np.add.at(counts, (owner, samples.y), 1)
+    per_patient = Samples(np.zeros((len(ids), 1), dtype=np.float32), counts.argmax(axis=1).astype(np.int64))
+    order = np.argsort(owner, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(owner, minlength=len(ids)))[:-1])
+    return tuple(np.sort(np.concatenate([members[p] for p in part])) if len(part) else np.zeros(0, dtype=np.int64)
+                 for part in _split(per_patient, partition, num_partitions, seed))
 
 
 def _num_groups(samples: Samples) -> int:

@@ -4,7 +4,7 @@ import pytest
 from common.config import Partition
 from common.data import Samples
 from common.errors import ConfigError, DataError
-from common.partition import partition_index
+from common.partition import partition_index, partition_indices
 
 
 def samples(n: int = 200, classes: int = 2, groups=None) -> Samples:
@@ -74,3 +74,21 @@ def test_a_hospitals_held_out_split_follows_its_own_labels_every_time():
             _, expected = train_test_split(np.arange(40), test_size=0.25, random_state=seed, stratify=y)
             _, test = local_split(Samples(rows, y), 0.25, seed=seed)
             assert sorted(test.x[:, 0].astype(int).tolist()) == sorted(expected.tolist())
+
+
+@pytest.mark.parametrize("spec", ["iid", "dirichlet:0.5"])
+def test_a_patients_samples_stay_at_one_hospital(spec):
+    """Where the data names patients, iid and Dirichlet split patients, not samples: split sample by
+    sample, one patient sat at several virtual hospitals and each hospital's patient-level epsilon
+    covered only its share of that patient (per patient, the epsilons added up)."""
+    rng = np.random.default_rng(0)
+    patients = np.repeat([f"p{i}" for i in range(40)], rng.integers(1, 12, 40)).astype(object)
+    y = (rng.random(len(patients)) < 0.3).astype(np.int64)
+    samples = Samples(rng.normal(size=(len(y), 3)).astype(np.float32), y, patients=patients)
+    parts = partition_indices(samples, Partition.parse(spec), 4, 0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(y))), "every sample, once"
+    owners = [set(patients[p]) for p in parts]
+    assert all(len(p) > 0 for p in parts)
+    assert sum(len(o) for o in owners) == 40, "no patient at two hospitals"
+    with pytest.raises(ConfigError, match="only 40 patients"):
+        partition_indices(samples, Partition.parse(spec), 41, 0)
