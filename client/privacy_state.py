@@ -28,6 +28,7 @@ enough units for its noise (common/class_prior.py `weights_from_release`). A cha
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +113,13 @@ class RunAccount:
         try:
             noise = calibrate_noise(self.target, self.delta, self.sample_rate, planned_steps, (histogram_entry(),))
         except ConfigError:
-            return self.noise, False
-        return (noise, True) if noise <= self.noise * (1 + MAX_NOISE_INCREASE) else (self.noise, False)
+            noise = math.inf
+        if noise <= self.noise * (1 + MAX_NOISE_INCREASE):
+            return noise, True
+        print(f"{self.dataset.name}: epsilon {self.target:g} is too small to release the class histogram as well "
+              f"(it would raise the training noise by more than {MAX_NOISE_INCREASE:.0%}); this run trains without "
+              "it and the server decides by argmax", flush=True)
+        return self.noise, False
 
     def _past(self) -> tuple[History, bool]:
         """The run's history so far, and whether the class histogram was charged in it."""

@@ -98,6 +98,9 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
                   f"{t['specificity']:.3f}", flush=True)
     if priors:
         extra["class_prior"] = prior_section(model, priors, central.test if central is not None else None, device)
+    elif priors is not None and not config.secure_aggregation:
+        print("no hospital released its class histogram (an epsilon too small for it, see the hospitals' logs): "
+              "decisions by argmax", flush=True)
     card = model_card(config, recorder.rows, recorder.rejections, extra, data.source if data else config.data_path)
     card["init_weights"] = init.card() if init is not None else None
     card["benefit"] = _benefit(benefit, card, task, config, out_dir, state.run_id, data, device)

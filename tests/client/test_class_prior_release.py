@@ -88,13 +88,14 @@ def test_no_exact_histogram_leaves_and_none_without_the_rule(tmp_path: Path):
     assert "class-prior" not in _train(plain, 1, no_dp).content, "without DP nothing is released"
 
 
-def test_a_small_epsilon_trains_without_the_release_instead_of_failing(tmp_path: Path):
+def test_a_small_epsilon_trains_without_the_release_instead_of_failing(tmp_path: Path, capsys: pytest.CaptureFixture):
     """At epsilon 0.3 the histogram alone (epsilon ~0.4 standalone at this delta) would not fit: the
     hospital trains, spends at most 0.3 over both rounds, and sends no class prior, in any round."""
     config = CONFIG.replace(epsilon=0.3)
     context = _node(tmp_path)
     replies = [_train(context, r, config) for r in (1, 2)]
     assert all("class-prior" not in r.content for r in replies)
+    assert "too small to release the class histogram" in capsys.readouterr().out, "said in the hospital's log"
     metrics = replies[-1].content["metrics"]
     plan = dp_plan(hospital_data(config, context.node_config).train, config)
     accountant = RDPAccountant()
