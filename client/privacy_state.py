@@ -20,16 +20,17 @@ steps, so both together spend the run's epsilon. The release is charged in the
 ledger (round PRIOR_ROUND) before its noise is drawn from the round's secret seed,
 kept beside the sent rounds (or in the node's context without a ledger) and sent
 again, as it was, with every later reply of the run: a replayed round never draws
-new noise. Where the task trains balanced, the rounds after the release weight each
-class by `training_weights` of that kept histogram (post-processing: free), where it holds
-enough units for its noise (common/class_prior.py `weights_from_release`). A charge whose kept histogram was lost is not redrawn: nothing is sent.
+new noise. Where the task trains balanced, every round of the run weights each class by
+`training_weights` of that kept histogram (post-processing: free), where it holds enough
+units for its noise (common/class_prior.py `weights_from_release`). A charge whose kept
+histogram was lost is not redrawn: nothing is sent.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -24,9 +24,9 @@ decisions; no exact count ever leaves a hospital.
 
 Where the task trains balanced (`Task.balanced_training`) and the release holds at least
 MIN_WEIGHTING_TOTAL units, each hospital also weights its DP training by `training_weights`
-of its own released histogram (<= 1, applied after
-clipping: the sensitivity stays the clip norm) and says so in its reply; the server then
-divides by the histogram the model was trained on (`trained_histogram`).
+of its own released histogram (<= 1, applied after clipping: the sensitivity stays the
+clip norm) and says so in its reply; the server then divides by the histogram the model
+was trained on (`trained_histogram`).
 """
 
 from __future__ import annotations

@@ -71,8 +71,9 @@ def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
     """Beats (N, T, 9) and AAMI labels (N,) of one WFDB record. Channel 0: the z-normalised
     waveform; 1: its difference from the record's median beat (the patient's own template);
     2-8, the same at every step: 3 ln of the beat's 5 RR features (`rr_features`) and 2 shape
-    features (`shape_features`), all ratios to the patient's usual beat. Everything but channel 0 is relative to the patient's own beats:
-    inter-patient classification fails on absolute features (de Chazal et al. 2004)."""
+    features (`shape_features`), all ratios to the patient's usual beat. Everything but channel 0
+    is relative to the patient's own beats: inter-patient classification fails on absolute
+    features (de Chazal et al. 2004)."""
     import wfdb
 
     try:
