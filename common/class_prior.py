@@ -102,12 +102,11 @@ def training_weights(counts: np.ndarray) -> np.ndarray:
     return np.minimum(1.0, (1.0 / len(share)) / np.clip(share, FLOOR, None))
 
 
-def trained_histogram(counts: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+def trained_histogram(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The class histogram a model trained with `weights` saw: the balanced rule divides by this one
     (a weighted class is already partly balanced in training; dividing by its raw share again
     would overshoot)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    return counts if weights is None else np.clip(counts, 0.0, None) * np.asarray(weights, dtype=np.float64)
+    return np.clip(np.asarray(counts, dtype=np.float64), 0.0, None) * np.asarray(weights, dtype=np.float64)
 
 
 def adjust(proba: np.ndarray, prior: np.ndarray) -> np.ndarray:

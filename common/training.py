@@ -263,7 +263,8 @@ def _fit_private(
     for _ in range(config.local_epochs):
         for (units,) in loader:
             optimizer.zero_grad(set_to_none=True)
-            optimizer.unit_weights = None  # type: ignore[attr-defined]
+            if class_weights is not None:
+                optimizer.unit_weights = None  # type: ignore[attr-defined]  # set again below for a non-empty batch
             if len(units) == 0:
                 no_units(params)
             else:
