@@ -61,11 +61,36 @@ def hospital_splits(config: RunConfig, y: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def accuracy(head: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    return round(classification_metrics(y, predict_proba(head, x, CPU))["accuracy"], 4)
+def accuracy(head: torch.nn.Module, x: np.ndarray, y: np.ndarray, key: str = "accuracy") -> float:
+    return round(classification_metrics(y, predict_proba(head, x, CPU))[key], 4)
 
 
-def run(f: dict[str, np.ndarray], config: RunConfig, federated: bool) -> dict:
+class ServerStep:
+    """The server's update from the hospitals' weighted mean: FedAvg takes it; FedAvgM adds momentum
+    to the pseudo-gradient (mean - global); FedAdam as Flower's (beta1 0.9, beta2 0.99, tau)."""
+
+    def __init__(self, kind: str, lr: float, momentum: float, tau: float) -> None:
+        self.kind, self.lr, self.momentum, self.tau = kind, lr, momentum, tau
+        self.m: dict[str, torch.Tensor] = {}
+        self.v: dict[str, torch.Tensor] = {}
+
+    def __call__(self, current: dict[str, torch.Tensor], mean: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, w in current.items():
+            delta = mean[k] - w
+            if self.kind == "avg":
+                out[k] = w + self.lr * delta
+            elif self.kind == "avgm":
+                self.m[k] = self.momentum * self.m.get(k, torch.zeros_like(w)) + delta
+                out[k] = w + self.lr * self.m[k]
+            else:  # adam
+                self.m[k] = 0.9 * self.m.get(k, torch.zeros_like(w)) + 0.1 * delta
+                self.v[k] = 0.99 * self.v.get(k, torch.zeros_like(w)) + 0.01 * delta * delta
+                out[k] = w + self.lr * self.m[k] / (self.v[k].sqrt() + self.tau)
+        return out
+
+
+def run(f: dict[str, np.ndarray], config: RunConfig, federated: bool, server: ServerStep | None = None) -> dict:
     classes = int(f["train_y"].max()) + 1
     torch.manual_seed(config.seed)  # the server's initial model
     head = get_task("image-cnn").build_model((f["train_x"].shape[1] // 81, 28, 28), classes, config).head
@@ -81,13 +106,15 @@ def run(f: dict[str, np.ndarray], config: RunConfig, federated: bool) -> dict:
                 states.append(local.state_dict())
                 weights.append(out.num_examples)
             w = np.asarray(weights, dtype=np.float64) / sum(weights)
-            head.load_state_dict({k: sum(float(wi) * s[k] for wi, s in zip(w, states)) for k in states[0]})
+            mean = {k: sum(float(wi) * s[k] for wi, s in zip(w, states)) for k in states[0]}
+            head.load_state_dict(server(head.state_dict(), mean) if server is not None else mean)
             curve.append(accuracy(head, f["val_x"], f["val_y"]))
     else:
         fit_classifier(head, Samples(f["train_x"], f["train_y"]), classes,
                        config.replace(local_epochs=config.num_server_rounds), None, CPU, config.seed)
     return {"val_accuracy": accuracy(head, f["val_x"], f["val_y"]),
-            "test_accuracy": accuracy(head, f["test_x"], f["test_y"]), "val_by_round": curve}
+            "test_accuracy": accuracy(head, f["test_x"], f["test_y"]),
+            "val_balanced_accuracy": accuracy(head, f["val_x"], f["val_y"], "balanced-accuracy"), "val_by_round": curve}
 
 
 def main() -> None:
@@ -98,18 +125,38 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=0)
     parser.add_argument("--no-class-weighting", action="store_true")
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--server", choices=("avg", "avgm", "adam"), default="avg")
+    parser.add_argument("--server-lr", type=float, default=1.0)
+    parser.add_argument("--server-momentum", type=float, default=0.9)
+    parser.add_argument("--tau", type=float, default=1e-3)
+    parser.add_argument("--fed-only", action="store_true")
+    parser.add_argument("--central-only", action="store_true")
+    parser.add_argument("--capped-weights", action="store_true",
+                        help="class weights min(1, (1/K)/share) (common/class_prior.py training_weights) instead of inverse frequency")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.capped_weights:
+        import common.training as training
+        from common.class_prior import training_weights
+        training.class_weights = lambda y, k: torch.tensor(
+            training_weights(np.bincount(y, minlength=k).astype(np.float64)), dtype=torch.float32)
     f = features(args.data)
     for seed in args.seeds:
         for lr in args.lr:
             config = resolve(RunConfig(task="image-cnn", dp=False, partition="dirichlet:0.5", seed=seed, lr=lr,
                                        num_server_rounds=args.rounds, batch_size=args.batch_size,
-                                       class_weighting=not args.no_class_weighting))
-            for federated in (True, False):
+                                       class_weighting="false" if args.no_class_weighting else "true",
+                                       local_epochs=args.local_epochs))
+            for federated in ((True,) if args.fed_only else (False,) if args.central_only else (True, False)):
+                server = ServerStep(args.server, args.server_lr, args.server_momentum, args.tau)
                 print(json.dumps({"data": args.data, "method": "fedavg" if federated else "centralised", "seed": seed,
                                   "rounds": config.num_server_rounds, "lr": config.lr, "batch": config.batch_size,
-                                  "class_weighting": config.class_weighting, **run(f, config, federated)}), flush=True)
+                                  "class_weighting": config.class_weighting == "true" and ("capped" if args.capped_weights else "inverse"), "local_epochs": config.local_epochs,
+                                  "server": f"{args.server} lr {args.server_lr:g}"
+                                  + (f" m {args.server_momentum:g}" if args.server == "avgm" else "")
+                                  + (f" tau {args.tau:g}" if args.server == "adam" else ""),
+                                  **run(f, config, federated, server)}), flush=True)
 
 
 if __name__ == "__main__":

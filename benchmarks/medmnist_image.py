@@ -41,6 +41,7 @@ DATA = Path(os.environ.get("FEDWARD_DATA_DIR", ROOT.parent / "shared" / "data"))
 HOSPITALS = 5
 TARGET = 0.88
 SETTINGS = ("num_server_rounds", "batch_size", "lr", "max_grad_norm")  # the task's defaults, resolved
+NO_DP_SETTINGS = ("class_weighting", "server_momentum")  # the task's recipe without DP
 METHODS = {"dp": ("fedavg, 5 hospitals", 8.0), "central": ("centralised", 0.0), "fed-no-dp": ("fedavg, 5 hospitals", 0.0)}
 CPU = torch.device("cpu")
 
@@ -95,6 +96,9 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["pneumoniamnist", "bloodmnist"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--section", default="",
+                        help="write the table under this title (with --notes) instead of the data set's default-settings section")
+    parser.add_argument("--notes", default="")
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["dp", "central"])
     parser.add_argument("--from-log", type=Path, metavar="LOG",
                         help="write the tables from the per-run JSON lines of an earlier (possibly cut short) run's log")
@@ -107,7 +111,9 @@ def main() -> None:
     for name in args.data:
         if not (DATA / f"{name}.npz").exists():
             sys.exit(f"{DATA / name}.npz is missing: set FEDWARD_DATA_DIR to the folder holding medmnist/")
-        rows_for(name, args.seeds, args.methods, None if args.no_write else write)
+        writer = write if not args.section else (
+            lambda n, table: write_section(args.section, table, COLUMNS, notes=args.notes))
+        rows_for(name, args.seeds, args.methods, None if args.no_write else writer)
 
 
 def rows_for(name: str, seeds: int, methods: list[str],
@@ -154,18 +160,23 @@ def summary_row(name: str, method: str, epsilon: float, runs: list[dict], second
         "test accuracy at val cut": (spread([r["test_accuracy-at-val-cut"] for r in runs])
                                      if all("test_accuracy-at-val-cut" in r for r in runs) else None),
         "epsilon spent (max)": max(r.get("epsilon_max", 0.0) for r in runs) or None,
-        "settings": ", ".join(f"{k.replace('_', '-')} {getattr(config, k)}" for k in SETTINGS
-                              if k != "max_grad_norm" or config.dp) + " (defaults)",
+        "settings": ", ".join(f"{k.replace('_', '-')} {getattr(config, k)}" for k in SETTINGS + NO_DP_SETTINGS
+                              if (k != "max_grad_norm" or config.dp) and (k not in NO_DP_SETTINGS or not config.dp)
+                              and (k != "server_momentum" or method != "centralised")) + " (defaults)",
         "seeds": len(runs), "seconds a run (max)": max(seconds),
     }
+
+
+COLUMNS = ["data", "method", "epsilon", "settings", "val accuracy", "test accuracy", "val balanced-accuracy",
+           "test balanced-accuracy", "val auroc", "test auroc", "test accuracy at val cut", "epsilon spent (max)", "seeds",
+           "seconds a run (max)"]
 
 
 def write(name: str, table: list[dict]) -> None:
     config = config_for(name, 0, 8.0)
     write_section(
         f"MedMNIST {name}: the default image-cnn model and settings", table,
-        ["data", "method", "epsilon", "settings", "val accuracy", "test accuracy", "val balanced-accuracy",
-         "test balanced-accuracy", "val auroc", "test auroc", "test accuracy at val cut", "epsilon spent (max)", "seeds", "seconds a run (max)"],
+        COLUMNS,
         notes=(f"`fedward simulate --task image-cnn --data {name}.npz --hospitals 5 --partition dirichlet:0.5 --epsilon 8` "
                f"with no other flag: model `{config.model or 'scatter'}` (scattering features + a linear head), "
                f"{config.num_server_rounds} rounds of {config.local_epochs} local epoch(s), expected batch "

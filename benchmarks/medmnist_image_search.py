@@ -40,6 +40,7 @@ p.add_argument("--seed", type=int, default=0); p.add_argument("--hospitals", typ
 p.add_argument("--width", type=int, default=32); p.add_argument("--groups", type=int, default=27)
 p.add_argument("--momentum", type=float, default=0.9); p.add_argument("--cosine", type=int, default=0)
 p.add_argument("--server-lr", type=float, default=1.0); p.add_argument("--split", default="val")
+p.add_argument("--server-momentum", type=float, default=0.0)
 p.add_argument("--delta", type=float, default=1e-5); p.add_argument("--pool", type=int, default=0)
 p.add_argument("--cache-dir", default="/tmp/fedward-scattering"); p.add_argument("--render", nargs="*")
 a = p.parse_args()
@@ -51,7 +52,8 @@ if a.render is not None:
                          + (f"{r['epochs']} epochs" if r["mode"] == "central" else f"{r['rounds']} rounds x {r['local_epochs']:g} epoch")
                          + (f", pool {r['pool']}" if r.get("pool") else "")
                          + (f", EMA {r['ema']:g} over {'rounds' if r['mode'] == 'fed' else 'steps'}" if r.get("ema") else "")
-                         + (", cosine lr" if r.get("cosine") else ""))
+                         + (", cosine lr" if r.get("cosine") else "")
+                         + (f", server momentum {r['server_momentum']:g}" if r.get("server_momentum") else ""))
     write_section("MedMNIST image-cnn search (validation split only)", rows,
                   ["data", "mode", "model", "eps", "settings", "seed", "accuracy", "balanced-accuracy", "auroc", "seconds"],
                   notes="benchmarks/medmnist_image_search.py (runs logged in benchmarks/medmnist_image_search.jsonl), "
@@ -171,7 +173,7 @@ else:
         sigma = calibrate_noise(a.eps, a.delta, q, spr * a.rounds) if a.eps > 0 else 0.0
         hosp.append((tr, q, spr, sigma))
     out["sigmas"] = [round(h[3], 3) for h in hosp]; out["sizes"] = [len(h[0]) for h in hosp]; out["spr"] = [h[2] for h in hosp]
-    glob = build(); ema_state = None
+    glob = build(); ema_state = None; momentum = None
     curve = []
     for r in range(a.rounds):
         lr = a.lr * (0.5 * (1 + math.cos(math.pi * r / a.rounds)) if a.cosine else 1.0)
@@ -183,9 +185,13 @@ else:
             w = len(tr); tot += w
             for acc, v in zip(new, m.state_dict().values()): acc.add_(v, alpha=w)
         sd = glob.state_dict()
-        with torch.no_grad():
-            for (k, v), acc in zip(sd.items(), new):
-                v.add_(acc / tot - v, alpha=a.server_lr)
+        with torch.no_grad():  # FedAvg, or FedAvgM: the move is the mean update plus m x the last move
+            moves = [acc / tot - v for v, acc in zip(sd.values(), new)]
+            if a.server_momentum:
+                momentum = moves if momentum is None else [a.server_momentum * b + d for b, d in zip(momentum, moves)]
+                moves = momentum
+            for v, d in zip(sd.values(), moves):
+                v.add_(d, alpha=a.server_lr)
         if a.ema:
             ema_state = {k: v.clone() for k, v in sd.items()} if ema_state is None else {k: a.ema * ema_state[k] + (1 - a.ema) * sd[k] for k in sd}
         if (r + 1) % 5 == 0 or r == a.rounds - 1:

@@ -10,7 +10,7 @@ loop and ClientApp in process) trains on three folds and its model scores the
 held-out fold's patients; the four folds' predictions together give each class's
 recall and the macro-F1 over all 22 patients, by argmax and by the server's balanced
 rule on the run's DP class prior. A config is a list of run settings changed from the
-task's defaults (batch=, lr=, rounds=, epochs=, clip=) and balanced=0 (no class-weighted
+task's defaults (batch=, lr=, rounds=, epochs=, clip=, momentum= for the server's) and balanced=0 (no class-weighted
 DP training). DS2 is never read.
 """
 
@@ -45,7 +45,7 @@ from report import write_section  # noqa: E402
 
 FOLDS, HOSPITALS = 4, 4
 SETTINGS = {"batch": "batch_size", "lr": "lr", "rounds": "num_server_rounds", "epochs": "local_epochs",
-            "clip": "max_grad_norm"}
+            "clip": "max_grad_norm", "momentum": "server_momentum"}
 
 
 def parse(config: str) -> tuple[dict[str, float], bool]:
@@ -55,7 +55,7 @@ def parse(config: str) -> tuple[dict[str, float], bool]:
         if key == "balanced":
             balanced = value != "0"
         elif key in SETTINGS:
-            changes[SETTINGS[key]] = float(value) if key in ("lr", "clip") else int(value)
+            changes[SETTINGS[key]] = float(value) if key in ("lr", "clip", "momentum") else int(value)
         else:
             sys.exit(f"unknown setting {key!r} in config {config!r}; use {', '.join(SETTINGS)} or balanced")
     return changes, balanced
@@ -102,6 +102,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--configs", nargs="+", default=["", "batch=256", "balanced=0"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--section", default="MIT-BIH: DP settings chosen on DS1 validation patients",
+                        help="the docs/benchmarks.md section to write (a new title keeps the earlier table)")
     args = parser.parse_args()
     table = []
     for config in args.configs:
@@ -119,7 +121,7 @@ def main() -> None:
                "argmax_recall_V", "balanced_macro_f1", "balanced_recall_N", "balanced_recall_S", "balanced_recall_V",
                "balanced_recall_F", "seconds"]
     write_section(
-        "MIT-BIH: DP settings chosen on DS1 validation patients", table, columns,
+        args.section, table, columns,
         notes="Federated DP (epsilon 3, record level), 4 hospitals of DS1 patients, 4 folds of patients held out in "
               "turn; scores over all 22 DS1 patients' held-out predictions. DS2 is never read. config: the settings "
               "changed from the task's defaults; balanced_training: class-weighted DP training on the hospital's "

@@ -26,6 +26,7 @@ STRATEGY_NAMES = (
     "fedtrimmedavg",
     "krum",
 )
+CLASS_WEIGHTING = ("auto", "true", "false")
 # Keys that Flower's strategies inject into the ConfigRecord they send.
 # `fedward-run-id` names the run across a resume, for the hospitals' privacy ledgers;
 # `fedward-evaluate-first` asks a hospital to evaluate a train message's model before training it.
@@ -81,12 +82,17 @@ class RunConfig:
     lr: float = 0.0  # 0 = the task's default learning rate
     proximal_mu: float = 0.01
     server_lr: float = 0.1
+    # strategy fedavg without central DP: server momentum on the mean update (Flower's FedAvgM); -1: the
+    # task's default (image-cnn 0.7 without DP, otherwise 0 = plain FedAvg)
+    server_momentum: float = -1.0
     trim_beta: float = 0.2
     model: str = ""
     image_size: int = 28
     max_samples: int = 0
     test_fraction: float = 0.25
-    class_weighting: bool = True  # without DP only; under DP see common/class_prior.py (weights after clipping)
+    # without DP only (under DP see common/class_prior.py, weights after clipping): "auto" = the task's
+    # recipe (common/tasks/base.py `class_weighting`), "true" = inverse-frequency loss weights, "false" = none
+    class_weighting: str = "auto"
     # Where the data names each sample's patient, DP protects patients: a step samples patients and
     # each sampled patient contributes at most this many of its samples (its gradient is their mean).
     records_per_patient: int = 16
@@ -166,6 +172,24 @@ class RunConfig:
         if self.lr < 0:
             raise ConfigError(f"lr={self.lr} must be > 0 (or 0 for the task's default)")
         _positive("server-lr", self.server_lr)
+        if self.class_weighting not in CLASS_WEIGHTING:
+            raise ConfigError(
+                f"class-weighting={self.class_weighting!r} must be auto (the task's recipe), true or false"
+            )
+        if self.server_momentum != -1 and not 0 <= self.server_momentum < 1:
+            raise ConfigError(
+                f"server-momentum={self.server_momentum} must be in [0, 1) (0: plain FedAvg) or -1 for the task's default"
+            )
+        if self.server_momentum > 0 and self.strategy != "fedavg":
+            raise ConfigError(
+                f"server-momentum={self.server_momentum} applies to strategy fedavg only (FedAvgM); "
+                f"strategy={self.strategy}: set server-momentum=-1 or 0"
+            )
+        if self.server_momentum > 0 and self.central_dp_noise > 0:
+            raise ConfigError(
+                "server-momentum > 0 cannot go with central-dp-noise > 0: central DP noises a plain mean of "
+                "clipped updates; set server-momentum=0"
+            )
         _positive("image-size", self.image_size)
         _positive("round-timeout", self.round_timeout)
         _positive("min-hospitals", self.min_hospitals)
@@ -231,6 +255,8 @@ def _task_default_or_positive(key: str, value: float) -> None:
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Accept the value if it fits the field's type; say what was expected if not."""
     kind = annotation if isinstance(annotation, str) else annotation.__name__
+    if key == "class-weighting" and isinstance(value, bool | str):  # also as written before: class-weighting=true
+        return ("true" if value else "false") if isinstance(value, bool) else value.lower()
     if kind == "bool":
         if isinstance(value, bool):
             return value

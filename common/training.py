@@ -230,7 +230,7 @@ def fit_classifier(
     prox = ProximalPull(model, config.proximal_mu if config.strategy == "fedprox" else 0.0, config.lr)
     if dp is not None:
         return _fit_private(model, data, config, dp, device, round_seed, grad_sample_mode, optimizer, prox)
-    weight = class_weights(data.y, num_classes).to(device) if config.class_weighting else None
+    weight = class_weights(data.y, num_classes).to(device) if config.class_weighting == "true" else None
     criterion = nn.CrossEntropyLoss(weight=weight)
     total, steps, seen = 0.0, 0, 0
     loader = make_loader(data, config.batch_size, round_seed)

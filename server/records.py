@@ -28,8 +28,10 @@ FIELDS = (
     "noise_multiplier", "delta", "steps", "privacy_unit",
     "num_examples", "seconds", "skipped_files",
 )
-# Strategy attributes that carry state between rounds (FedOpt's moments and weights).
-STRATEGY_STATE = ("current_arrays", "m_t", "v_t")
+# Strategy attributes that carry state between rounds: FedOpt's moments and weights (dicts of arrays),
+# FedAvgM's momentum (a list of arrays). FedAvgM's current_arrays (an ArrayRecord) is not kept: on resume
+# its configure_train takes it from the checkpoint's weights.
+STRATEGY_STATE = ("current_arrays", "m_t", "v_t", "momentum_vector")
 
 
 def _clean(value: Any) -> Any:
@@ -119,12 +121,15 @@ class RunRecorder:
 def save_checkpoint(out_dir: Path, server_round: int, arrays: ArrayRecord, strategy: Strategy) -> Path:
     """Weights, round number and strategy state (FedOpt's arrays and moments), written atomically
     as one .npz read back without pickle: `arrays/KEY`, `state/NAME/KEY`, and a JSON `meta`."""
-    state = {name: getattr(strategy, name) for name in STRATEGY_STATE if hasattr(strategy, name)}
+    state = {name: getattr(strategy, name) for name in STRATEGY_STATE
+             if hasattr(strategy, name) and not isinstance(getattr(strategy, name), ArrayRecord)}
     members = {f"arrays/{k}": a.numpy() for k, a in arrays.items()}
     for name, value in state.items():
-        members.update({f"state/{name}/{k}": np.asarray(v) for k, v in (value or {}).items()})
+        entries = enumerate(value) if isinstance(value, list) else (value or {}).items()
+        members.update({f"state/{name}/{k}": np.asarray(v) for k, v in entries})
     meta = {"round": server_round, "strategy": type(strategy).__name__,
-            "state": {name: value is not None for name, value in state.items()}}
+            "state": {name: value is not None for name, value in state.items()},
+            "lists": [name for name, value in state.items() if isinstance(value, list)]}
     path = out_dir / "checkpoints" / f"round-{server_round:04d}.npz"
     tmp = path.with_suffix(".tmp")
     with tmp.open("wb") as handle:
@@ -143,7 +148,10 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray], dict[str, A
         state: dict[str, Any] = {}
         for name, present in meta["state"].items():
             prefix = f"state/{name}/"
-            state[name] = {n[len(prefix):]: saved[n] for n in saved.files if n.startswith(prefix)} if present else None
+            value = {n[len(prefix):]: saved[n] for n in saved.files if n.startswith(prefix)} if present else None
+            if value is not None and name in meta.get("lists", []):  # FedAvgM's momentum, in its order
+                value = [value[str(i)] for i in range(len(value))]
+            state[name] = value
     return int(meta["round"]), arrays, state
 
 

@@ -80,6 +80,7 @@ def model_card(
         "data": data_source,
         "partition": config.partition,
         "strategy": config.strategy,
+        "server_momentum": config.server_momentum,  # > 0: FedAvgM
         "rounds": config.num_server_rounds,
         "differential_privacy": {
             "enabled": config.dp,

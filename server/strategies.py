@@ -13,6 +13,7 @@ from flwr.serverapp.strategy import (
     FedAdagrad,
     FedAdam,
     FedAvg,
+    FedAvgM,
     FedMedian,
     FedProx,
     FedTrimmedAvg,
@@ -53,6 +54,8 @@ def build_strategy(config: RunConfig) -> Strategy:
         common["weighted_by_key"] = central_dp.WEIGHT_KEY
         inner = FedAvg(**common) if name == "fedavg" else FedProx(proximal_mu=config.proximal_mu, **common)
         return central_dp.wrap(inner, config)
+    if name == "fedavg" and config.server_momentum > 0:  # server momentum on the mean update
+        return FedAvgM(server_learning_rate=1.0, server_momentum=config.server_momentum, **common)
     if name == "fedavg":
         return FedAvg(**common)
     if name == "fedprox":

@@ -32,7 +32,8 @@ def get_task(name: str) -> Task:
 
 def resolve(config: RunConfig) -> RunConfig:
     """The config with the task's defaults filled in where a setting is 0 ("the task's default"):
-    lr, batch-size, max-grad-norm, num-server-rounds, and an empty model (common/tasks/base.py). Idempotent; an
+    lr, batch-size, max-grad-norm, num-server-rounds, an empty model, class-weighting=auto and
+    server-momentum=-1 (common/tasks/base.py). Idempotent; an
     explicit value is kept. Everything that trains, plans DP steps, accounts or reports reads
     the resolved config."""
     task = get_task(config.task)
@@ -45,6 +46,11 @@ def resolve(config: RunConfig) -> RunConfig:
     unset: dict[str, object] = {name: value for name, value in defaults.items() if getattr(config, name) == 0}
     if not config.model and task.default_model:
         unset["model"] = task.default_model
+    if config.class_weighting == "auto":
+        unset["class_weighting"] = "true" if task.class_weighting else "false"
+    if config.server_momentum == -1:
+        plain = config.dp or config.strategy != "fedavg" or config.central_dp_noise > 0
+        unset["server_momentum"] = 0.0 if plain else task.server_momentum
     return config.replace(**unset) if unset else config
 
 

@@ -58,3 +58,7 @@ class Task:
     # under DP with the class histogram released (balanced-decision=true): each hospital weights its
     # training by class (common/class_prior.py `training_weights`, applied after clipping)
     balanced_training: bool = False
+    # without DP, what run setting class-weighting=auto means: inverse-frequency class weights in the loss
+    class_weighting: bool = True
+    # without DP and with strategy fedavg, what server-momentum=-1 means (0: plain FedAvg; > 0: FedAvgM)
+    server_momentum: float = 0.0

@@ -31,6 +31,10 @@ def test_strings_from_the_command_line_are_coerced():
         ({"partition": "by-age"}, "partition='by-age' is not known"),
         ({"test-fraction": 1.5}, "test-fraction=1.5 must be in (0, 1)"),
         ({"epsilon": "inf"}, "must be a finite number"),
+        ({"class-weighting": "sometimes"}, "class-weighting='sometimes' must be auto"),
+        ({"server-momentum": 1.0}, "server-momentum=1.0 must be in [0, 1)"),
+        ({"server-momentum": 0.5, "strategy": "fedprox"}, "server-momentum=0.5 applies to strategy fedavg only"),
+        ({"server-momentum": 0.5, "central-dp-noise": 1.0}, "server-momentum > 0 cannot go with central-dp-noise"),
     ],
 )
 def test_bad_settings_are_refused_with_the_key_named(values, named):
@@ -57,3 +61,26 @@ def test_pyproject_declares_every_run_config_key_with_its_default():
     defaults = RunConfig().to_mapping()
     assert set(declared) == set(defaults)  # flwr run refuses --run-config keys not declared
     assert RunConfig.from_mapping(declared) == RunConfig(out_dir=declared["out-dir"])
+
+
+def test_class_weighting_written_as_before_still_reads():
+    """Run configs written before class-weighting took "auto" said true or false (a TOML bool)."""
+    assert RunConfig.from_mapping({"class-weighting": True}).class_weighting == "true"
+    assert RunConfig.from_mapping({"class-weighting": "False"}).class_weighting == "false"
+
+
+def test_task_defaults_without_dp_give_image_cnn_fedavgm_without_class_weights_and_keep_explicit_choices():
+    """image-cnn's no-DP recipe (docs/benchmarks.md, "image-cnn without DP: the default FedAvgM recipe"):
+    server momentum 0.7 and no class weights; every other task, and every run under DP, behind central
+    DP or with another strategy, keeps plain FedAvg."""
+    from common.tasks import resolve
+
+    image = resolve(RunConfig(task="image-cnn", dp=False))
+    assert (image.class_weighting, image.server_momentum, image.lr) == ("false", 0.7, 0.003)
+    assert resolve(RunConfig(task="tabular", dp=False)).class_weighting == "true"
+    assert resolve(RunConfig(task="tabular", dp=False)).server_momentum == 0.0
+    assert resolve(RunConfig(task="image-cnn", dp=True)).server_momentum == 0.0
+    assert resolve(RunConfig(task="image-cnn", dp=False, strategy="fedprox")).server_momentum == 0.0
+    assert resolve(RunConfig(task="image-cnn", dp=False, central_dp_noise=1.0)).server_momentum == 0.0
+    explicit = resolve(RunConfig(task="image-cnn", dp=False, class_weighting="true", server_momentum=0.0))
+    assert (explicit.class_weighting, explicit.server_momentum) == ("true", 0.0)

@@ -33,6 +33,38 @@ def test_fedadam_state_survives_a_checkpoint_read_without_pickle(tmp_path: Path)
     assert restored.strategy_state["v_t"] is None
 
 
+def test_server_momentum_survives_a_resume_and_the_next_round_moves_as_if_never_stopped(tmp_path: Path):
+    """FedAvgM's momentum is a list of arrays (FedOpt's moments are dicts): a resumed run restores it in
+    order, and its next aggregate equals the uninterrupted run's."""
+    from server.run_state import restore_strategy
+    from tests.server.test_screening_and_strategies import reply
+
+    config = RunConfig(task="image-cnn", dp=False, server_momentum=0.7, out_dir=str(tmp_path))
+    start(config)
+    (tmp_path / "checkpoints").mkdir()
+    weights = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
+
+    def round_of(value: float) -> list:
+        return [reply("a", {k: np.full_like(v, value) for k, v in weights.items()}),
+                reply("b", {k: np.full_like(v, value + 2) for k, v in weights.items()})]
+
+    going = build_strategy(config)
+    going.current_arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
+    after_1, _ = going.aggregate_train(1, round_of(1.0))
+    save_checkpoint(tmp_path, 1, after_1, going)
+    expected, _ = going.aggregate_train(2, round_of(4.0))
+
+    restored = resume(tmp_path)
+    fresh = build_strategy(config)
+    restore_strategy(fresh, restored.strategy_state)
+    assert fresh.current_arrays is None  # FedAvgM's configure_train takes the round's (checkpoint's) weights
+    fresh.current_arrays = restored.arrays
+    resumed, _ = fresh.aggregate_train(2, round_of(4.0))
+    for key in weights:
+        assert np.allclose(resumed[key].numpy(), expected[key].numpy())
+    assert not np.allclose(expected["w"].numpy(), 4.0)  # momentum moved it past the plain mean
+
+
 def test_a_damaged_checkpoint_is_named(tmp_path: Path):
     start(RunConfig(out_dir=str(tmp_path)))
     (tmp_path / "checkpoints").mkdir(exist_ok=True)

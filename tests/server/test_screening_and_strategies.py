@@ -63,6 +63,22 @@ def test_every_strategy_aggregates_three_hospitals(name):
         assert np.allclose(out["w"], 2.0)  # equal weights: mean = median = trimmed mean
 
 
+def test_server_momentum_carries_the_last_round_s_step_into_the_next():
+    """FedAvg with server momentum m (FedAvgM): the global model moves by the mean update plus m times
+    the previous move, so a run that keeps moving one way speeds up; m = 0 is FedAvg exactly."""
+    config = RunConfig(task="image-cnn", dp=False, server_momentum=0.5)
+    strategy = build_strategy(config)
+    plain = build_strategy(RunConfig(task="image-cnn", dp=False, server_momentum=0.0))
+    assert type(strategy).__name__ == "FedAvgM" and type(plain).__name__ == "FedAvg"
+    strategy.current_arrays = REFERENCE
+    first, _ = strategy.aggregate_train(1, [reply("a", good(1.0)), reply("b", good(3.0))])
+    assert np.allclose(first["w"].numpy(), 2.0)  # the first move is the mean update
+    second, _ = strategy.aggregate_train(2, [reply("a", good(3.0)), reply("b", good(5.0))])
+    assert np.allclose(second["w"].numpy(), 2.0 + 2.0 + 0.5 * 2.0)  # mean update 2 + half the last move
+    same, _ = plain.aggregate_train(2, [reply("a", good(3.0)), reply("b", good(5.0))])
+    assert np.allclose(same["w"].numpy(), 4.0)
+
+
 @pytest.mark.parametrize("name", ["fedmedian", "fedtrimmedavg", "krum"])
 def test_robust_strategies_resist_one_update_scaled_by_100(name):
     def replies():  # fresh each time: FedMedian and FedTrimmedAvg pop the arrays they read

@@ -54,13 +54,13 @@ def received_arrays(replies: list[Message]) -> list[np.ndarray]:
     return found
 
 
-def run(tmp_path: Path, data_dir: Path, secure: bool, faults=None):  # type: ignore[no-untyped-def]
+def run(tmp_path: Path, data_dir: Path, secure: bool, faults=None, **settings):  # type: ignore[no-untyped-def]
     # the MLP: weight matrices large enough for a correlation to mean something
-    config = RunConfig(data_path=str(data_dir / "heart_disease_uci"), model="mlp", partition="iid", num_server_rounds=1,
+    config = RunConfig(data_path=str(data_dir / "heart_disease_uci"), model="mlp", partition="iid",
                        min_hospitals=HOSPITALS, secure_aggregation=secure, out_dir=str(tmp_path),
                        # a SecAgg+ run releases no class histogram (common/class_prior.py): without it in the
                        # plain run too, both calibrate the same DP-SGD noise and their means can be compared
-                       balanced_decision=False)
+                       balanced_decision=False, **{"num_server_rounds": 1, **settings})
     nodes = [{"partition-id": i, "num-partitions": HOSPITALS, "reproducible-noise": True} for i in range(HOSPITALS)]
     grid = WireTap(app, nodes, faults)
     run_federation(grid, config)
@@ -119,6 +119,20 @@ def test_secure_mean_equals_fedavg_and_no_update_reaches_the_server(data_dir: Pa
     plain_weights = [a.numpy() for m in plain_grid.received if m.metadata.message_type == "train"
                      for a in m.content["arrays"].values()]
     assert best_match(plain_grid.received, plain_weights) > 0.99
+
+
+@pytest.mark.slow
+def test_server_momentum_under_secure_aggregation_moves_the_model_as_plain_fedavgm(data_dir: Path, tmp_path: Path):
+    """FedAvgM (image-cnn's no-DP default) on the masked sum: 2 rounds, so the second carries momentum."""
+    settings = {"dp": False, "num_server_rounds": 2, "server_momentum": 0.5}
+    _, _, plain = run(tmp_path / "plain", data_dir, secure=False, **settings)
+    _, card, secure = run(tmp_path / "secure", data_dir, secure=True, **settings)
+    _, _, no_momentum = run(tmp_path / "fedavg", data_dir, secure=False, **{**settings, "server_momentum": 0.0})
+    sizes = train_sizes(tmp_path / "secure")
+    bound = 3 * (error_bound(sizes, max(sizes)) + 1e-6)  # two rounds' quantisation, the first carried by momentum
+    assert card["server_momentum"] == 0.5 and not card["rejected_replies"]
+    assert max_difference(secure, plain) <= bound
+    assert max_difference(plain, no_momentum) > 100 * bound  # the momentum did move it
 
 
 def dies_before_sending_its_masked_update(msg: Message, reply: Message) -> Message:
