@@ -39,13 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--model", default="",
                      help="tabular: logreg|mlp; image-cnn: scatter|scatter-cnn|cnn; sequence-rnn: cnn-lstm|cnn-gru|lstm|gru")
     sim.add_argument("--class-weighting", choices=("auto", "true", "false"), default="auto",
-                     help="without DP, inverse-frequency class weights in the loss: auto (the task's recipe: every "
+                     help="without DP, inverse-frequency class weights in the loss: auto (the default; the task's recipe: every "
                           "task but image-cnn, whose FedAvg lost 2-5 points to them) | true | false; under DP only "
                           "sequence-rnn weights classes, from its noisy class histogram")
     sim.add_argument("--no-class-weighting", action="store_true", help="the same as --class-weighting false")
     sim.add_argument("--server-momentum", type=float, default=-1.0,
                      help="strategy fedavg: server momentum on the mean update, Flower's FedAvgM (0: plain FedAvg; "
-                          "-1: the task's default, image-cnn 0.7 without DP, otherwise 0)")
+                          "-1, the default: the task's, image-cnn 0.7, the other tasks 0; with --central-dp-noise "
+                          "always 0)")
     sim.add_argument("--records-per-patient", type=int, default=16,
                      help="DP per patient: at most this many of a sampled patient's samples per step")
     sim.add_argument("--no-balanced-decision", action="store_true",
@@ -83,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what each virtual hospital would put in its node config, e.g. "
                           "'epsilon-budget=5 run-epsilon-cap=3' (default ledger: RUN_DIR/ledgers/)")
     sim.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                     help="continue a killed run from its last checkpoint, with its own settings")
+                     help="continue a killed run from its last checkpoint, with its own settings (RUN_DIR/run.json); "
+                          "only --cpus-per-hospital, --gpus-per-hospital, --node-config and --benefit may be given "
+                          "with it")
 
     certs = commands.add_parser("certs", help="create the consortium CA, server certificate, hospital keys")
     which = certs.add_subparsers(dest="certs_command", required=True)
@@ -174,7 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what a resumed simulation still takes from the command line; every other flag is in the run's run.json
+RESUME_FLAGS = frozenset({"command", "resume", "cpus_per_hospital", "gpus_per_hospital", "node_config", "benefit"})
+
+
+def flags_ignored_by_resume(args: argparse.Namespace) -> list[str]:
+    """The flags given with --resume that differ from their defaults and would not apply."""
+    defaults = vars(build_parser().parse_args(["simulate"]))
+    return [f"--{name.replace('_', '-')}" for name, value in vars(args).items()
+            if name not in RESUME_FLAGS and name in defaults and value != defaults[name]]
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    if args.no_class_weighting and args.class_weighting not in ("auto", "false"):
+        raise FedwardError(f"--no-class-weighting contradicts --class-weighting {args.class_weighting}; give one")
     if args.hospitals < 1:
         raise FedwardError(f"--hospitals={args.hospitals} must be at least 1")
     RunConfig(task=args.task, strategy=args.strategy).validate()
@@ -226,6 +242,10 @@ def simulate(args: argparse.Namespace) -> int:
     from fedward.simulation import run_simulation
 
     if args.resume:
+        ignored = flags_ignored_by_resume(args)
+        if ignored:
+            raise FedwardError(f"--resume {args.resume} continues that run with the settings in its run.json; "
+                               f"{', '.join(ignored)} would be ignored: drop them, or start a new run without --resume")
         config = resolve(resumed_config(args.resume))  # a run.json written before task defaults: 0 -> default
         hospitals = config.min_hospitals
     else:

@@ -48,8 +48,8 @@ def resolve(config: RunConfig) -> RunConfig:
         unset["model"] = task.default_model
     if config.class_weighting == "auto":
         unset["class_weighting"] = "true" if task.class_weighting else "false"
-    if config.server_momentum == -1:
-        plain = config.dp or config.strategy != "fedavg" or config.central_dp_noise > 0
+    if config.server_momentum == -1:  # FedAvgM only on a plain FedAvg mean (central DP noises that one)
+        plain = config.strategy != "fedavg" or config.central_dp_noise > 0
         unset["server_momentum"] = 0.0 if plain else task.server_momentum
     return config.replace(**unset) if unset else config
 

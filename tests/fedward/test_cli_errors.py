@@ -27,6 +27,8 @@ def run(capsys, *args: str) -> tuple[int, str]:
         (["--model", "transformer"], "model='transformer' is not a tabular model"),
         (["--partition", "natural"], "partition=natural needs a data set with natural sites"),
         (["--node-config", "balanced-decision=no"], "is not key=value pairs Flower can read"),
+        (["--server-momentum", "0.5", "--strategy", "fedprox"], "server-momentum=0.5 applies to strategy fedavg only"),
+        (["--class-weighting", "true", "--no-class-weighting"], "--no-class-weighting contradicts --class-weighting true"),
     ],
 )
 def test_bad_settings(capsys, args, message):
@@ -110,3 +112,13 @@ def test_simulate_delta_is_what_the_virtual_hospitals_account_with(tmp_path: Pat
     assert node_privacy(values).delta_for(500, 1e-7) == 1e-7
     own = simulated_node_config(RunConfig(delta=1e-7, out_dir=str(tmp_path / "own")), "delta=1e-6")
     assert node_privacy(own).delta_for(500, 1e-7) == 1e-6, "a --node-config delta is the hospital's own choice"
+
+
+def test_flags_given_with_resume_are_refused_not_silently_dropped(capsys, tmp_path: Path):
+    """A walkthrough resumed with --server-momentum 0.5 --rounds 5 --out B: the run continued at its own
+    settings, in its own folder, and said nothing."""
+    code, err = run(capsys, "--resume", str(tmp_path / "r1"), "--server-momentum", "0.5", "--rounds", "5",
+                    "--out", str(tmp_path / "r2"))
+    assert code == 2
+    assert "--rounds, --server-momentum, --out would be ignored" in err and "run.json" in err, err
+    assert not (tmp_path / "r2").exists()
