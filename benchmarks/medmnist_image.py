@@ -161,7 +161,7 @@ def summary_row(name: str, method: str, epsilon: float, runs: list[dict], second
                                      if all("test_accuracy-at-val-cut" in r for r in runs) else None),
         "epsilon spent (max)": max(r.get("epsilon_max", 0.0) for r in runs) or None,
         "settings": ", ".join(f"{k.replace('_', '-')} {getattr(config, k)}" for k in SETTINGS + NO_DP_SETTINGS
-                              if (k != "max_grad_norm" or config.dp) and (k not in NO_DP_SETTINGS or not config.dp)
+                              if (k != "max_grad_norm" or config.dp) and (k != "class_weighting" or not config.dp)
                               and (k != "server_momentum" or method != "centralised")) + " (defaults)",
         "seeds": len(runs), "seconds a run (max)": max(seconds),
     }
@@ -180,7 +180,8 @@ def write(name: str, table: list[dict]) -> None:
         notes=(f"`fedward simulate --task image-cnn --data {name}.npz --hospitals 5 --partition dirichlet:0.5 --epsilon 8` "
                f"with no other flag: model `{config.model or 'scatter'}` (scattering features + a linear head), "
                f"{config.num_server_rounds} rounds of {config.local_epochs} local epoch(s), expected batch "
-               f"{config.batch_size}, lr {config.lr}, clip {config.max_grad_norm}, delta {config.delta}; "
+               f"{config.batch_size}, lr {config.lr}, clip {config.max_grad_norm}, delta {config.delta}, server momentum "
+               f"{config.server_momentum} (FedAvgM; post-processing of the noised updates); "
                "run in process (no Ray). Centralised: the same model and code on the whole train split without DP, "
                "as many epochs as a hospital trains over the run (the task's no-DP defaults); FedAvg no DP: the same federation "
                "without DP (no-DP defaults), beside centralised it is the cost of federating alone. Two classes: the test accuracy at the "
