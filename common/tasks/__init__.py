@@ -50,7 +50,7 @@ def resolve(config: RunConfig) -> RunConfig:
         unset["class_weighting"] = "true" if task.class_weighting else "false"
     if config.server_momentum == -1:  # FedAvgM only on a plain FedAvg mean (central DP noises that one)
         plain = config.strategy != "fedavg" or config.central_dp_noise > 0
-        unset["server_momentum"] = 0.0 if plain else task.server_momentum
+        unset["server_momentum"] = 0.0 if plain else task.dp_server_momentum if config.dp else task.server_momentum
     return config.replace(**unset) if unset else config
 
 

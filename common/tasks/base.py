@@ -60,6 +60,7 @@ class Task:
     balanced_training: bool = False
     # without DP, what run setting class-weighting=auto means: inverse-frequency class weights in the loss
     class_weighting: bool = True
-    # with strategy fedavg and no central DP, what server-momentum=-1 means (0: plain FedAvg; > 0: FedAvgM;
-    # under DP it is post-processing of the hospitals' noised updates: free in privacy)
+    # with strategy fedavg and no central DP, what server-momentum=-1 means (0: plain FedAvg; > 0: FedAvgM),
+    # without DP and under DP (there post-processing of the hospitals' noised updates: free in privacy)
     server_momentum: float = 0.0
+    dp_server_momentum: float = 0.0

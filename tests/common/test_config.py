@@ -80,6 +80,8 @@ def test_task_defaults_without_dp_give_image_cnn_fedavgm_without_class_weights_a
     assert resolve(RunConfig(task="tabular", dp=False)).class_weighting == "true"
     assert resolve(RunConfig(task="tabular", dp=False)).server_momentum == 0.0
     assert resolve(RunConfig(task="image-cnn", dp=True)).server_momentum == 0.7  # post-processing under DP
+    assert resolve(RunConfig(task="sequence-rnn", dp=True)).server_momentum == 0.5
+    assert resolve(RunConfig(task="sequence-rnn", dp=False)).server_momentum == 0.0
     assert resolve(RunConfig(task="image-cnn", dp=False, strategy="fedprox")).server_momentum == 0.0
     assert resolve(RunConfig(task="image-cnn", dp=False, central_dp_noise=1.0)).server_momentum == 0.0
     explicit = resolve(RunConfig(task="image-cnn", dp=False, class_weighting="true", server_momentum=0.0))

@@ -22,5 +22,5 @@ from common.tasks.image_cnn.recipe import evaluate_image_classifier, fit_image_c
 TASK = Task(
     name="image-cnn", load=load_images, build_model=build_cnn, train=partial(fit_image_classifier, grad_sample_mode="layers"),
     evaluate=evaluate_image_classifier, default_lr=0.003, default_dp_lr=4.0, default_rounds=10, default_dp_batch_size=128,
-    default_max_grad_norm=0.1, default_model=DEFAULT_MODEL, class_weighting=False, server_momentum=0.7,
+    default_max_grad_norm=0.1, default_model=DEFAULT_MODEL, class_weighting=False, server_momentum=0.7, dp_server_momentum=0.7,
 )
