@@ -83,7 +83,7 @@ class RunConfig:
     proximal_mu: float = 0.01
     server_lr: float = 0.1
     # strategy fedavg without central DP: server momentum on the mean update (Flower's FedAvgM); -1: the
-    # task's default (image-cnn 0.7, sequence-rnn 0.5 under DP, otherwise 0 = plain FedAvg)
+    # task's default (image-cnn 0.7 without DP, sequence-rnn 0.5 under DP, otherwise 0 = plain FedAvg)
     server_momentum: float = -1.0
     trim_beta: float = 0.2
     model: str = ""

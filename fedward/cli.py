@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-class-weighting", action="store_true", help="the same as --class-weighting false")
     sim.add_argument("--server-momentum", type=float, default=-1.0,
                      help="strategy fedavg: server momentum on the mean update, Flower's FedAvgM (0: plain FedAvg; "
-                          "-1, the default: the task's, image-cnn 0.7, sequence-rnn 0.5 under DP, otherwise 0; with "
+                          "-1, the default: the task's, image-cnn 0.7 without DP, sequence-rnn 0.5 under DP, otherwise 0; with "
                           "--central-dp-noise always 0)")
     sim.add_argument("--records-per-patient", type=int, default=16,
                      help="DP per patient: at most this many of a sampled patient's samples per step")

@@ -70,16 +70,16 @@ def test_class_weighting_written_as_before_still_reads():
 
 
 def test_task_defaults_without_dp_give_image_cnn_fedavgm_without_class_weights_and_keep_explicit_choices():
-    """image-cnn's recipe (docs/benchmarks.md, "image-cnn without DP: the default FedAvgM recipe"):
-    server momentum 0.7, and without DP no class weights; every other task, and every run behind
-    central DP or with another strategy, keeps plain FedAvg."""
+    """image-cnn's no-DP recipe (docs/benchmarks.md, "image-cnn without DP: the default FedAvgM recipe"):
+    server momentum 0.7 and no class weights; sequence-rnn's DP recipe: momentum 0.5; every other case,
+    and every run behind central DP or with another strategy, keeps plain FedAvg."""
     from common.tasks import resolve
 
     image = resolve(RunConfig(task="image-cnn", dp=False))
     assert (image.class_weighting, image.server_momentum, image.lr) == ("false", 0.7, 0.003)
     assert resolve(RunConfig(task="tabular", dp=False)).class_weighting == "true"
     assert resolve(RunConfig(task="tabular", dp=False)).server_momentum == 0.0
-    assert resolve(RunConfig(task="image-cnn", dp=True)).server_momentum == 0.7  # post-processing under DP
+    assert resolve(RunConfig(task="image-cnn", dp=True)).server_momentum == 0.0
     assert resolve(RunConfig(task="sequence-rnn", dp=True)).server_momentum == 0.5
     assert resolve(RunConfig(task="sequence-rnn", dp=False)).server_momentum == 0.0
     assert resolve(RunConfig(task="image-cnn", dp=False, strategy="fedprox")).server_momentum == 0.0

@@ -45,14 +45,14 @@ def test_image_cnn_without_dp_runs_its_no_dp_recipe(data_dir: Path):
     """Without DP the scatter head trains at lr 0.003 with no class weights, and the server adds
     momentum 0.7 to FedAvg (BloodMNIST validation: FedAvg 0.849 against 0.797 at the previous lr 0.001
     with class weights; docs/benchmarks.md, "image-cnn without DP: the default FedAvgM recipe"); under
-    DP the recipe keeps its settings and the momentum."""
+    DP the recipe is unchanged, plain FedAvg."""
     data = str(data_dir / "medmnist" / "bloodmnist.npz")
     no_dp = cli_config("--task", "image-cnn", "--data", data, "--hospitals", "5", "--partition", "dirichlet:0.5",
                        "--no-dp")
     assert not no_dp.dp and settings(no_dp) == (10, 32, 0.1, 0.003)
     assert (no_dp.class_weighting, no_dp.server_momentum) == ("false", 0.7)
     dp = cli_config("--task", "image-cnn", "--data", data, "--epsilon", "8")
-    assert settings(dp) == (10, 128, 0.1, 4.0) and dp.server_momentum == 0.7
+    assert settings(dp) == (10, 128, 0.1, 4.0) and dp.server_momentum == 0.0
     flags = cli_config("--task", "image-cnn", "--data", data, "--no-dp", "--class-weighting", "true",
                        "--server-momentum", "0")
     assert (flags.class_weighting, flags.server_momentum) == ("true", 0.0)
