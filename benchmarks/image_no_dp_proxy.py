@@ -1,7 +1,8 @@
 """A fast proxy of image-cnn FedAvg without DP, beside centralised, to scan no-DP settings on validation.
 
     .venv/bin/python benchmarks/image_no_dp_proxy.py --data bloodmnist --seeds 0 1 2 --lr 0.01 0.001 \
-        [--rounds 10] [--batch-size 32] [--no-class-weighting]
+        [--rounds 10] [--batch-size 32] [--no-class-weighting | --capped-weights] [--local-epochs 2] \
+        [--server avg|avgm|adam --server-lr 1 --server-momentum 0.7] [--fed-only | --central-only]
 
 The default model (`scatter`) trains only its head on scattering features, so the features are
 computed once per image (cached in /tmp) and each hospital's round is fedward's own
@@ -67,7 +68,9 @@ def accuracy(head: torch.nn.Module, x: np.ndarray, y: np.ndarray, key: str = "ac
 
 class ServerStep:
     """The server's update from the hospitals' weighted mean: FedAvg takes it; FedAvgM adds momentum
-    to the pseudo-gradient (mean - global); FedAdam as Flower's (beta1 0.9, beta2 0.99, tau)."""
+    to the pseudo-gradient (mean - global); FedAdam as Flower's (beta1 0.9, beta2 0.99, tau). The real
+    round loop runs Flower's own strategies (server/strategies.py); this copy of their update rules keeps
+    the proxy free of Flower messages."""
 
     def __init__(self, kind: str, lr: float, momentum: float, tau: float) -> None:
         self.kind, self.lr, self.momentum, self.tau = kind, lr, momentum, tau
