@@ -99,7 +99,7 @@ def model_card(
             if config.secure_aggregation else None,
         },
         "central_dp": central_dp.card_section(config, rows),
-        "config": config.to_mapping(),
+        "config": _card_config(config),
         "hospitals": hospitals,
         "rejected_replies": [r for r in rejections if r["hospital"] != "all"],
         "rounds_skipped": [r for r in rejections if r["hospital"] == "all"],
@@ -111,6 +111,18 @@ def model_card(
         "git_commit": git_commit(),
         "code_sha256": code_hash(),
     }
+
+
+# settings that only mean something when the hospitals train with DP
+DP_ONLY_SETTINGS = ("epsilon", "delta", "max-grad-norm", "records-per-patient", "balanced-decision")
+
+
+def _card_config(config: RunConfig) -> dict[str, Any]:
+    """The run's settings as run, without the DP ones in a run without DP (they did not apply)."""
+    mapping = config.to_mapping()
+    if config.dp:
+        return mapping
+    return {key: value for key, value in mapping.items() if key not in DP_ONLY_SETTINGS}
 
 
 def _units(hospitals: dict[str, Any]) -> str:

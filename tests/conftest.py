@@ -78,4 +78,8 @@ def assert_run_directory(run_dir: Path, rounds: int) -> dict:
     card = json.loads((run_dir / "model_card.json").read_text())
     assert set(card["hospitals"]) == hospitals
     assert len(card["code_sha256"]) == 64
+    if card["differential_privacy"]["enabled"]:
+        assert card["config"]["epsilon"] == card["differential_privacy"]["target_epsilon"]
+    else:  # DP settings did not apply; the card must not suggest they did
+        assert not {"epsilon", "delta", "max-grad-norm"} & set(card["config"]), card["config"]
     return card

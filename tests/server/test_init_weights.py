@@ -48,6 +48,7 @@ def test_a_matching_checkpoint_is_where_the_run_starts_and_the_card_records_it(t
                        init_weights=str(tmp_path / "start.npz"))
     run_federation(InProcessGrid(app, [{"partition-id": i, "num-partitions": 2} for i in range(2)]), config)
     card = json.loads((out / "model_card.json").read_text())
+    assert "epsilon" not in card["config"] and card["config"]["init-weights"] == str(tmp_path / "start.npz")
     assert card["init_weights"]["sha256"] == hashlib.sha256((tmp_path / "start.npz").read_bytes()).hexdigest()
     final = torch.load(out / "final_model.pt", weights_only=True)
     for key, value in final.items():  # one round at lr 1e-9: still the checkpoint's weights
