@@ -27,7 +27,7 @@ simulate: $(STAMP)
 	$(BIN)/fedward simulate --task tabular --hospitals 4 --partition iid --rounds 5 --epsilon 3 --out runs/simulate-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m "not slow"
