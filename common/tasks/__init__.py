@@ -41,7 +41,7 @@ def resolve(config: RunConfig) -> RunConfig:
         "lr": task.default_dp_lr if config.dp else task.default_lr,
         "batch_size": task.default_dp_batch_size if config.dp else task.default_batch_size,
         "max_grad_norm": task.default_max_grad_norm,
-        "num_server_rounds": task.default_rounds,
+        "num_server_rounds": task.default_dp_rounds if config.dp and task.default_dp_rounds else task.default_rounds,
     }
     unset: dict[str, object] = {name: value for name, value in defaults.items() if getattr(config, name) == 0}
     if not config.model and task.default_model:

@@ -37,7 +37,8 @@ class Task:
     lr -> `default_lr`, or `default_dp_lr` under DP (clipped, noisy gradients want a
     larger step); batch-size -> `default_batch_size`, or `default_dp_batch_size` under
     DP (a larger expected batch shrinks the noise relative to the signal);
-    max-grad-norm -> `default_max_grad_norm`; num-server-rounds -> `default_rounds`; an
+    max-grad-norm -> `default_max_grad_norm`; num-server-rounds -> `default_rounds`, or
+    `default_dp_rounds` under DP where set (the noise is calibrated to every planned step); an
     empty model -> `default_model` (so the card names the model that trained).
     """
 
@@ -50,6 +51,7 @@ class Task:
     default_lr: float = 0.01
     default_dp_lr: float = 0.1
     default_rounds: int = 3
+    default_dp_rounds: int = 0  # under DP (0: default_rounds)
     default_batch_size: int = 32
     default_dp_batch_size: int = 32
     default_max_grad_norm: float = 1.0

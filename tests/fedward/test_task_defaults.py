@@ -38,7 +38,7 @@ def settings(config: RunConfig) -> tuple:
 def test_image_cnn_without_tuning_flags_runs_the_image_recipe(data_dir: Path):
     config = cli_config("--task", "image-cnn", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),
                         "--hospitals", "5", "--partition", "dirichlet:0.5", "--epsilon", "8")
-    assert settings(config) == (10, 128, 0.1, 4.0)
+    assert settings(config) == (20, 128, 0.1, 4.0)
 
 
 def test_image_cnn_without_dp_runs_its_no_dp_recipe(data_dir: Path):
@@ -52,7 +52,7 @@ def test_image_cnn_without_dp_runs_its_no_dp_recipe(data_dir: Path):
     assert not no_dp.dp and settings(no_dp) == (10, 32, 0.1, 0.003)
     assert (no_dp.class_weighting, no_dp.server_momentum) == ("false", 0.7)
     dp = cli_config("--task", "image-cnn", "--data", data, "--epsilon", "8")
-    assert settings(dp) == (10, 128, 0.1, 4.0) and dp.server_momentum == 0.0
+    assert settings(dp) == (20, 128, 0.1, 4.0) and dp.server_momentum == 0.0
     flags = cli_config("--task", "image-cnn", "--data", data, "--no-dp", "--class-weighting", "true",
                        "--server-momentum", "0")
     assert (flags.class_weighting, flags.server_momentum) == ("true", 0.0)
@@ -79,10 +79,10 @@ def test_an_explicit_flag_wins_over_the_task_default(data_dir: Path):
 def test_flwr_run_config_resolves_to_the_task_defaults():
     declared = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     image = resolve(RunConfig.from_mapping({**declared, "task": "image-cnn"}))
-    assert settings(image) == (10, 128, 0.1, 4.0)
+    assert settings(image) == (20, 128, 0.1, 4.0)
     assert settings(resolve(RunConfig.from_mapping(declared))) == (3, 32, 1.0, 0.1)
     assert settings(resolve(RunConfig.from_mapping({**declared, "task": "image-cnn", "batch-size": 16}))) == (
-        10, 16, 0.1, 4.0)
+        20, 16, 0.1, 4.0)
 
 
 def test_simulate_can_turn_the_balanced_decision_off():
@@ -104,23 +104,25 @@ def prior_release(card: dict) -> list[tuple[float, float, int]]:
 
 
 @pytest.mark.slow
-def test_image_cnn_run_with_no_tuning_flag_uses_and_accounts_the_image_defaults(data_dir: Path, tmp_path: Path):
+def test_image_cnn_run_uses_and_accounts_the_image_defaults(data_dir: Path, tmp_path: Path):
+    """No tuning flag but --rounds 3 (the 20 default rounds cost minutes here; the CLI tests above
+    resolve them from the same parser): batch, clip, lr, model and the accountant's epsilon."""
     from tests.fedward.test_simulate import simulate
 
     out = tmp_path / "run"
     result = simulate("--task", "image-cnn", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),
-                      "--hospitals", "2", "--max-samples", "600", "--epsilon", "8", "--out", str(out))
-    assert "10 rounds" in result.stdout and "batch 128, clip 0.1, lr 4" in result.stdout, result.stdout[-2000:]
-    card = assert_run_directory(out, rounds=10)
-    assert card["rounds"] == 10 and card["differential_privacy"]["max_grad_norm"] == 0.1
+                      "--hospitals", "2", "--max-samples", "600", "--epsilon", "8", "--rounds", "3", "--out", str(out))
+    assert "3 rounds" in result.stdout and "batch 128, clip 0.1, lr 4" in result.stdout, result.stdout[-2000:]
+    card = assert_run_directory(out, rounds=3)
+    assert card["rounds"] == 3 and card["differential_privacy"]["max_grad_norm"] == 0.1
     assert (card["config"]["batch-size"], card["config"]["lr"]) == (128, 4.0)
     assert card["config"]["model"] == "scatter", "the card names the model that trained (it read '')"
     saved = json.loads((out / "run.json").read_text())["config"]
-    assert (saved["num-server-rounds"], saved["batch-size"], saved["max-grad-norm"]) == (10, 128, 0.1)
+    assert (saved["num-server-rounds"], saved["batch-size"], saved["max-grad-norm"]) == (3, 128, 0.1)
     rows = [r for r in read_metrics(out) if r["split"] == "train" and r["hospital"] != "all"]
     for hospital in {r["hospital"] for r in rows}:
         mine = sorted((r for r in rows if r["hospital"] == hospital), key=lambda r: r["round"])
-        assert len(mine) == 10
+        assert len(mine) == 3
         reference = RDPAccountant()
         q = 1 / batches_per_epoch(mine[0]["num_examples"], 128)
         reference.history = [(mine[0]["noise_multiplier"], q, sum(r["steps"] for r in mine)), *prior_release(card)]
