@@ -65,7 +65,7 @@ def main() -> None:
                             "DP); `cnn`: the GroupNorm CNN on images, the previous default. DP: fedward's `layers` mode "
                             "with Opacus's optimiser (clip, noise); a linear layer on flat inputs keeps its per-sample "
                             "gradients as factors (ghost clipping, common/per_sample.py `Outer`). 128 is image-cnn's "
-                            "default expected batch under DP. Measured beside another benchmark on the 2 cores (2026-12-02).")
+                            "default expected batch under DP.")
 
 
 if __name__ == "__main__":
