@@ -34,6 +34,7 @@ from common.config import EVALUATE_FIRST, RunConfig
 from common.device import pick_device
 from common.errors import ConfigError, FedwardError
 from common.privacy import epsilon_spent
+from common.schedule import for_round
 from common.ledger import BudgetExceeded, DatasetLine
 from common.serialization import load_arrays, to_arrays
 from common.training import dp_plan, predict_proba, scores_of
@@ -162,7 +163,8 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int, masked: bool
     seed = privacy.training_seed(config, server_round, hospital.name)  # secret under DP
     start = time.perf_counter()
     try:
-        outcome = task.train(model, hospital.train, hospital.num_classes, config, dp, pick_device(), seed)
+        outcome = task.train(model, hospital.train, hospital.num_classes, for_round(config, server_round), dp,
+                             pick_device(), seed)
     except BaseException:
         if account:
             account.close()  # the reservation stays: the ledger over-counts, never under

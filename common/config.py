@@ -27,6 +27,7 @@ STRATEGY_NAMES = (
     "krum",
 )
 CLASS_WEIGHTING = ("auto", "true", "false")
+LR_SCHEDULES = ("auto", "constant", "cosine")
 # Keys that Flower's strategies inject into the ConfigRecord they send.
 # `fedward-run-id` names the run across a resume, for the hospitals' privacy ledgers;
 # `fedward-evaluate-first` asks a hospital to evaluate a train message's model before training it.
@@ -80,6 +81,9 @@ class RunConfig:
     local_epochs: int = 1
     batch_size: int = 0  # 0 = the task's default
     lr: float = 0.0  # 0 = the task's default learning rate
+    # the local lr over the run's rounds: "constant", "cosine" (round r of R trains at lr x (1 + cos(pi (r - 1) / R)) / 2,
+    # common/schedule.py) or "auto" = the task's (image-cnn: cosine under DP; otherwise constant)
+    lr_schedule: str = "auto"
     proximal_mu: float = 0.01
     server_lr: float = 0.1
     # strategy fedavg without central DP: server momentum on the mean update (Flower's FedAvgM); -1: the
@@ -172,6 +176,10 @@ class RunConfig:
         if self.lr < 0:
             raise ConfigError(f"lr={self.lr} must be > 0 (or 0 for the task's default)")
         _positive("server-lr", self.server_lr)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"lr-schedule={self.lr_schedule!r} must be auto (the task's), constant or cosine"
+            )
         if self.class_weighting not in CLASS_WEIGHTING:
             raise ConfigError(
                 f"class-weighting={self.class_weighting!r} must be auto (the task's recipe), true or false"

@@ -66,3 +66,6 @@ class Task:
     # without DP and under DP (there post-processing of the hospitals' noised updates: free in privacy)
     server_momentum: float = 0.0
     dp_server_momentum: float = 0.0
+    # what lr-schedule=auto means, without DP and under DP (common/schedule.py: constant or cosine over rounds)
+    lr_schedule: str = "constant"
+    dp_lr_schedule: str = "constant"

@@ -101,3 +101,51 @@ def test_fused_train_message_evaluates_the_received_model_before_training(data_d
     assert after["loss"] != pytest.approx(evaluation["loss"]), "the model was scored before it was trained"
     plain = app(message("train", arrays, config, 3), context)
     assert "evaluation" not in plain.content, "only when the server asks"
+
+
+
+def test_each_round_trains_at_the_scheduled_lr_and_spends_the_same_epsilon(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+):
+    """lr-schedule=cosine: round r of 4 trains at lr x (1 + cos(pi (r-1)/4)) / 2, as the hospital's
+    training sees it; the noise and the epsilon after each round are those of a constant lr."""
+    import dataclasses
+    import math
+
+    import client.app as client_app
+
+    seen: list[float] = []
+
+    def spying(name: str):
+        task = get_task(name)
+
+        def train(model, data, classes, config, *rest, **kw):
+            seen.append(config.lr)
+            return task.train(model, data, classes, config, *rest, **kw)
+
+        return dataclasses.replace(task, train=train)
+
+    monkeypatch.setattr(client_app, "get_task", spying)
+
+    def run(schedule: str) -> list[tuple[float, float]]:
+        seen.clear()
+        config = RunConfig(data_path=str(data_dir / "heart_disease_uci"), partition="natural", num_server_rounds=4,
+                           epsilon=1.0, lr=0.2, lr_schedule=schedule)
+        context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 4},
+                          state=RecordDict(), run_config={})
+        arrays, account = initial(config, (10,), 2), []
+        for server_round in (1, 2, 3, 4):
+            reply = app(message("train", arrays, config, server_round), context)
+            assert not reply.has_error(), reply.error
+            account.append((reply.content["metrics"]["epsilon"], reply.content["metrics"]["noise-multiplier"]))
+            arrays = reply.content["arrays"]
+        return account
+
+    cosine = run("cosine")
+    assert seen == pytest.approx([0.2 * (1 + math.cos(math.pi * r / 4)) / 2 for r in range(4)])
+    assert seen[0] == 0.2 and seen[-1] < 0.2 * 0.15
+    constant = run("constant")
+    assert seen == [0.2] * 4
+    flat = [value for row in cosine for value in row]
+    assert flat == pytest.approx([value for row in constant for value in row], abs=1e-9), \
+        "the schedule does not touch the noise or the epsilon"

@@ -39,6 +39,7 @@ def test_image_cnn_without_tuning_flags_runs_the_image_recipe(data_dir: Path):
     config = cli_config("--task", "image-cnn", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),
                         "--hospitals", "5", "--partition", "dirichlet:0.5", "--epsilon", "8")
     assert settings(config) == (20, 128, 0.1, 4.0)
+    assert config.lr_schedule == "cosine", "under DP image-cnn's lr falls over the rounds"
 
 
 def test_image_cnn_without_dp_runs_its_no_dp_recipe(data_dir: Path):
@@ -50,12 +51,14 @@ def test_image_cnn_without_dp_runs_its_no_dp_recipe(data_dir: Path):
     no_dp = cli_config("--task", "image-cnn", "--data", data, "--hospitals", "5", "--partition", "dirichlet:0.5",
                        "--no-dp")
     assert not no_dp.dp and settings(no_dp) == (10, 32, 0.1, 0.003)
-    assert (no_dp.class_weighting, no_dp.server_momentum) == ("false", 0.7)
+    assert (no_dp.class_weighting, no_dp.server_momentum, no_dp.lr_schedule) == ("false", 0.7, "constant")
     dp = cli_config("--task", "image-cnn", "--data", data, "--epsilon", "8")
     assert settings(dp) == (20, 128, 0.1, 4.0) and dp.server_momentum == 0.0
     flags = cli_config("--task", "image-cnn", "--data", data, "--no-dp", "--class-weighting", "true",
                        "--server-momentum", "0")
     assert (flags.class_weighting, flags.server_momentum) == ("true", 0.0)
+    assert cli_config("--task", "image-cnn", "--data", data, "--lr-schedule", "constant").lr_schedule == "constant"
+    assert cli_config("--task", "image-cnn", "--data", data, "--no-dp", "--lr-schedule", "cosine").lr_schedule == "cosine"
 
 
 @pytest.mark.parametrize(("task", "model"), [("image-cnn", "scatter"), ("sequence-rnn", "cnn-lstm"),
@@ -68,6 +71,8 @@ def test_the_default_model_is_named_in_the_resolved_config(task: str, model: str
 def test_tabular_keeps_its_old_defaults():
     assert settings(cli_config()) == (3, 32, 1.0, 0.1)
     assert settings(cli_config("--no-dp")) == (3, 32, 1.0, 0.1)
+    assert cli_config().lr_schedule == cli_config("--no-dp").lr_schedule == "constant"
+    assert resolve(RunConfig(task="sequence-rnn")).lr_schedule == "constant"
 
 
 def test_an_explicit_flag_wins_over_the_task_default(data_dir: Path):
@@ -79,7 +84,7 @@ def test_an_explicit_flag_wins_over_the_task_default(data_dir: Path):
 def test_flwr_run_config_resolves_to_the_task_defaults():
     declared = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     image = resolve(RunConfig.from_mapping({**declared, "task": "image-cnn"}))
-    assert settings(image) == (20, 128, 0.1, 4.0)
+    assert settings(image) == (20, 128, 0.1, 4.0) and image.lr_schedule == "cosine"
     assert settings(resolve(RunConfig.from_mapping(declared))) == (3, 32, 1.0, 0.1)
     assert settings(resolve(RunConfig.from_mapping({**declared, "task": "image-cnn", "batch-size": 16}))) == (
         20, 16, 0.1, 4.0)
@@ -92,6 +97,8 @@ def test_simulate_can_turn_the_balanced_decision_off():
 def test_a_negative_setting_is_still_refused_with_its_key_named():
     with pytest.raises(ConfigError, match="batch-size=-1"):
         RunConfig.from_mapping({"batch-size": -1})
+    with pytest.raises(ConfigError, match="lr-schedule='linear' must be auto"):
+        RunConfig.from_mapping({"lr-schedule": "linear"})
 
 
 def prior_release(card: dict) -> list[tuple[float, float, int]]:
@@ -112,10 +119,11 @@ def test_image_cnn_run_uses_and_accounts_the_image_defaults(data_dir: Path, tmp_
     out = tmp_path / "run"
     result = simulate("--task", "image-cnn", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),
                       "--hospitals", "2", "--max-samples", "600", "--epsilon", "8", "--rounds", "3", "--out", str(out))
-    assert "3 rounds" in result.stdout and "batch 128, clip 0.1, lr 4" in result.stdout, result.stdout[-2000:]
+    assert "3 rounds" in result.stdout and "batch 128, clip 0.1, lr 4 falling on a cosine" in result.stdout, \
+        result.stdout[-2000:]
     card = assert_run_directory(out, rounds=3)
     assert card["rounds"] == 3 and card["differential_privacy"]["max_grad_norm"] == 0.1
-    assert (card["config"]["batch-size"], card["config"]["lr"]) == (128, 4.0)
+    assert (card["config"]["batch-size"], card["config"]["lr"], card["config"]["lr-schedule"]) == (128, 4.0, "cosine")
     assert card["config"]["model"] == "scatter", "the card names the model that trained (it read '')"
     saved = json.loads((out / "run.json").read_text())["config"]
     assert (saved["num-server-rounds"], saved["batch-size"], saved["max-grad-norm"]) == (3, 128, 0.1)
