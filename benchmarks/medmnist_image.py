@@ -40,7 +40,7 @@ from server.operating_point import operating_point  # noqa: E402
 DATA = Path(os.environ.get("FEDWARD_DATA_DIR", ROOT.parent / "shared" / "data")) / "medmnist"
 HOSPITALS = 5
 TARGET = 0.88
-SETTINGS = ("num_server_rounds", "batch_size", "lr", "max_grad_norm")  # the task's defaults, resolved
+SETTINGS = ("num_server_rounds", "batch_size", "lr", "lr_schedule", "max_grad_norm")  # the task's defaults, resolved
 NO_DP_SETTINGS = ("class_weighting", "server_momentum")  # the task's recipe without DP
 METHODS = {"dp": ("fedavg, 5 hospitals", 8.0), "central": ("centralised", 0.0), "fed-no-dp": ("fedavg, 5 hospitals", 0.0)}
 CPU = torch.device("cpu")
@@ -180,7 +180,7 @@ def write(name: str, table: list[dict]) -> None:
         notes=(f"`fedward simulate --task image-cnn --data {name}.npz --hospitals 5 --partition dirichlet:0.5 --epsilon 8` "
                f"with no other flag: model `{config.model or 'scatter'}` (scattering features + a linear head), "
                f"{config.num_server_rounds} rounds of {config.local_epochs} local epoch(s), expected batch "
-               f"{config.batch_size}, lr {config.lr}, clip {config.max_grad_norm}, delta {config.delta}, server momentum "
+               f"{config.batch_size}, lr {config.lr} ({config.lr_schedule} over the rounds), clip {config.max_grad_norm}, delta {config.delta}, server momentum "
                f"{config.server_momentum} (FedAvgM; post-processing of the noised updates); "
                "run in process (no Ray). Centralised: the same model and code on the whole train split without DP, "
                "as many epochs as a hospital trains over the run (the task's no-DP defaults); FedAvg no DP: the same federation "

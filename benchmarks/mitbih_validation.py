@@ -45,7 +45,7 @@ from report import write_section  # noqa: E402
 
 FOLDS, HOSPITALS = 4, 4
 SETTINGS = {"batch": "batch_size", "lr": "lr", "rounds": "num_server_rounds", "epochs": "local_epochs",
-            "clip": "max_grad_norm", "momentum": "server_momentum"}
+            "clip": "max_grad_norm", "momentum": "server_momentum", "schedule": "lr_schedule"}
 
 
 def parse(config: str) -> tuple[dict[str, float], bool]:
@@ -55,7 +55,8 @@ def parse(config: str) -> tuple[dict[str, float], bool]:
         if key == "balanced":
             balanced = value != "0"
         elif key in SETTINGS:
-            changes[SETTINGS[key]] = float(value) if key in ("lr", "clip", "momentum") else int(value)
+            changes[SETTINGS[key]] = (value if key == "schedule" else float(value) if key in ("lr", "clip", "momentum")
+                                      else int(value))
         else:
             sys.exit(f"unknown setting {key!r} in config {config!r}; use {', '.join(SETTINGS)} or balanced")
     return changes, balanced
