@@ -20,7 +20,6 @@ from common.class_prior import histogram_entry
 from common.config import RunConfig
 from common.ledger import PrivacyLedger
 from common.metrics import majority_baseline
-from common.tasks import get_task
 from common.training import batches_per_epoch
 from tests.conftest import PROJECT_ROOT, assert_run_directory, read_metrics
 
@@ -142,22 +141,6 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(three_rounds: Path, tm
             # a class-histogram release as in the uninterrupted run (round -1, once per run), and the
             # interrupted round not charged twice
             assert charged == [-1] * releases[line.name] + [1, 2, 3], charged
-
-
-def test_image_cnn_on_pneumoniamnist_subset(data_dir: Path, tmp_path: Path):
-    out = tmp_path / "run"
-    simulate("--task", "image-cnn", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),
-             "--hospitals", "2", "--partition", "dirichlet:1.0", "--rounds", "2", "--max-samples", "400",
-             "--out", str(out))
-    card = assert_run_directory(out, rounds=2)
-    central = card["final_metrics"]["central_evaluation"]
-    assert central["num_examples"] == 400 and 0 <= central["auroc"] <= 1
-    point = card["final_metrics"]["operating_point"]  # MedMNIST has a validation split: a cut chosen on it
-    assert 0 < point["cut"] <= 1 and set(point["test"]) >= {"accuracy", "sensitivity", "specificity"}
-    assert point["validation"]["balanced_accuracy"] >= 0.5, "Youden's cut is at least chance on its own split"
-    weights = torch.load(out / "final_model.pt")
-    model = get_task("image-cnn").build_model((1, 28, 28), 2, RunConfig(task="image-cnn"))
-    model.load_state_dict(weights)  # strict: no `_module.` keys
 
 
 def test_sequence_rnn_on_mitbih_records(mitbih_subset: Path, tmp_path: Path):

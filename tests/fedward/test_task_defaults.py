@@ -14,11 +14,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 from opacus.accountants import RDPAccountant
 
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.tasks import resolve
+from common.tasks import get_task, resolve
 from common.training import batches_per_epoch
 from fedward.cli import build_parser, config_from_args
 from tests.conftest import PROJECT_ROOT, assert_run_directory, read_metrics
@@ -113,7 +114,9 @@ def prior_release(card: dict) -> list[tuple[float, float, int]]:
 @pytest.mark.slow
 def test_image_cnn_run_uses_and_accounts_the_image_defaults(data_dir: Path, tmp_path: Path):
     """No tuning flag but --rounds 3 (the 20 default rounds cost minutes here; the CLI tests above
-    resolve them from the same parser): batch, clip, lr, model and the accountant's epsilon."""
+    resolve them from the same parser): batch, clip, lr, model and the accountant's epsilon; the
+    central test scores, the two-class decision cut chosen on MedMNIST's validation split, and a
+    final model that loads strictly."""
     from tests.fedward.test_simulate import simulate
 
     out = tmp_path / "run"
@@ -125,6 +128,13 @@ def test_image_cnn_run_uses_and_accounts_the_image_defaults(data_dir: Path, tmp_
     assert card["rounds"] == 3 and card["differential_privacy"]["max_grad_norm"] == 0.1
     assert (card["config"]["batch-size"], card["config"]["lr"], card["config"]["lr-schedule"]) == (128, 4.0, "cosine")
     assert card["config"]["model"] == "scatter", "the card names the model that trained (it read '')"
+    central = card["final_metrics"]["central_evaluation"]
+    assert central["num_examples"] == 600 and 0 <= central["auroc"] <= 1
+    point = card["final_metrics"]["operating_point"]  # MedMNIST has a validation split: a cut chosen on it
+    assert 0 < point["cut"] <= 1 and set(point["test"]) >= {"accuracy", "sensitivity", "specificity"}
+    assert point["validation"]["balanced_accuracy"] >= 0.5, "Youden's cut is at least chance on its own split"
+    model = get_task("image-cnn").build_model((1, 28, 28), 2, RunConfig(task="image-cnn"))
+    model.load_state_dict(torch.load(out / "final_model.pt"))  # strict: no `_module.` keys
     saved = json.loads((out / "run.json").read_text())["config"]
     assert (saved["num-server-rounds"], saved["batch-size"], saved["max-grad-norm"]) == (3, 128, 0.1)
     rows = [r for r in read_metrics(out) if r["split"] == "train" and r["hospital"] != "all"]
