@@ -161,10 +161,10 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int, masked: bool
         return _reply(hospital, sent.metrics, sent.arrays, evaluation=evaluation, unit=account.unit,
                       prior=account.prior_record())
     seed = privacy.training_seed(config, server_round, hospital.name)  # secret under DP
+    this_round = for_round(config, server_round)  # its lr from the run's lr-schedule
     start = time.perf_counter()
     try:
-        outcome = task.train(model, hospital.train, hospital.num_classes, for_round(config, server_round), dp,
-                             pick_device(), seed)
+        outcome = task.train(model, hospital.train, hospital.num_classes, this_round, dp, pick_device(), seed)
     except BaseException:
         if account:
             account.close()  # the reservation stays: the ledger over-counts, never under
@@ -184,6 +184,7 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int, masked: bool
         "noise-multiplier": dp.noise_multiplier if dp else 0.0,
         "delta": account.delta if account else 0.0,  # the hospital's own (node config), not the run's
         "steps": account.steps_per_round if account else outcome.steps,
+        "lr": this_round.lr,  # a setting, not a statistic of the data
         "seconds": round(seconds, 1),
         "skipped-files": hospital.skipped_files,
     }

@@ -248,7 +248,7 @@ def simulate(args: argparse.Namespace) -> int:
         ignored = flags_ignored_by_resume(args)
         if ignored:
             raise FedwardError(f"--resume {args.resume} continues that run with the settings in its run.json; "
-                               f"{', '.join(ignored)} would be ignored: drop them, or start a new run without --resume")
+                               f"{', '.join(ignored)} would be ignored: drop {'it' if len(ignored) == 1 else 'them'}, or start a new run without --resume")
         config = resolve(resumed_config(args.resume))  # a run.json written before task defaults: 0 -> default
         hospitals = config.min_hospitals
     else:

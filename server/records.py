@@ -25,7 +25,7 @@ from server.screening import Rejection, hospital_of
 
 FIELDS = (
     "loss", "balanced_accuracy", "auroc", "accuracy", "majority_baseline", "macro_f1", "epsilon",
-    "noise_multiplier", "delta", "steps", "privacy_unit",
+    "noise_multiplier", "delta", "steps", "lr", "privacy_unit",
     "num_examples", "seconds", "skipped_files",
 )
 # Strategy attributes that carry state between rounds: FedOpt's moments and weights (dicts of arrays),

@@ -137,6 +137,7 @@ def test_each_round_trains_at_the_scheduled_lr_and_spends_the_same_epsilon(
         for server_round in (1, 2, 3, 4):
             reply = app(message("train", arrays, config, server_round), context)
             assert not reply.has_error(), reply.error
+            assert reply.content["metrics"]["lr"] == seen[-1], "the reply names the lr the round trained with"
             account.append((reply.content["metrics"]["epsilon"], reply.content["metrics"]["noise-multiplier"]))
             arrays = reply.content["arrays"]
         return account

@@ -141,6 +141,7 @@ def test_image_cnn_run_uses_and_accounts_the_image_defaults(data_dir: Path, tmp_
     for hospital in {r["hospital"] for r in rows}:
         mine = sorted((r for r in rows if r["hospital"] == hospital), key=lambda r: r["round"])
         assert len(mine) == 3
+        assert [r["lr"] for r in mine] == pytest.approx([4.0, 3.0, 1.0]), "metrics.jsonl shows the cosine's lr"
         reference = RDPAccountant()
         q = 1 / batches_per_epoch(mine[0]["num_examples"], 128)
         reference.history = [(mine[0]["noise_multiplier"], q, sum(r["steps"] for r in mine)), *prior_release(card)]
