@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 from common.config import STRATEGY_NAMES, TASK_NAMES, RunConfig
-from common.errors import FedwardError
+from common.errors import ConfigError, DataError, FedwardError
 
 DEFAULT_DATA = {"tabular": "builtin:breast-cancer"}
 
@@ -191,6 +192,30 @@ def flags_ignored_by_resume(args: argparse.Namespace) -> list[str]:
             if name not in RESUME_FLAGS and name in defaults and value != defaults[name]]
 
 
+# run-config keys whose `fedward simulate` flag has another name; (key, value) -> the flag that sets it
+_FLAG_NAMES = {"num-server-rounds": "--rounds", "data-path": "--data", "min-hospitals": "--hospitals", "out-dir": "--out"}
+_SWITCHES = {("dp", "false"): "--no-dp", ("prior-correction", "false"): "--no-prior-correction",
+             ("balanced-decision", "false"): "--no-balanced-decision", ("fused-rounds", "false"): "--separate-evaluate",
+             ("secure-aggregation", "true"): "--secure-aggregation"}
+_SETTING = re.compile(r"(?<![\w-])([a-z][a-z0-9-]*)=('[^']*'|[^\s,;:)]+)")
+
+
+def in_flag_terms(message: str) -> str:
+    """A run-config error as a `fedward simulate` user typed it: `server-momentum=0.5` ->
+    `--server-momentum 0.5`, `num-server-rounds=-1` -> `--rounds -1`, `dp=false` -> `--no-dp`."""
+    flags = {f"--{dest.replace('_', '-')}" for dest in vars(build_parser().parse_args(["simulate"]))}
+
+    def spelled(match: re.Match[str]) -> str:
+        key, value = match.groups()
+        switch = _SWITCHES.get((key, value.lower()))
+        if switch:
+            return switch
+        flag = _FLAG_NAMES.get(key, f"--{key}")
+        return f"{flag} {value}" if flag in flags else match.group(0)
+
+    return _SETTING.sub(spelled, message)
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.no_class_weighting and args.class_weighting not in ("auto", "false"):
         raise FedwardError(f"--no-class-weighting contradicts --class-weighting {args.class_weighting}; give one")
@@ -252,9 +277,14 @@ def simulate(args: argparse.Namespace) -> int:
         config = resolve(resumed_config(args.resume))  # a run.json written before task defaults: 0 -> default
         hospitals = config.min_hospitals
     else:
-        config = resolve(config_from_args(args))
-        hospitals = args.hospitals
-        check_before_start(config, hospitals)
+        try:
+            config = resolve(config_from_args(args))
+            hospitals = args.hospitals
+            check_before_start(config, hospitals)
+        except ConfigError as err:
+            raise ConfigError(in_flag_terms(str(err))) from None
+        except DataError as err:  # e.g. partition=natural on data without sites
+            raise DataError(in_flag_terms(str(err)), err.public) from None
     os.environ[SIMULATED_NODE_CONFIG] = json.dumps(simulated_node_config(config, args.node_config,
                                                                                getattr(args, "benefit", False)))
     print(f"fedward: {config.task} on {config.data_path}, {hospitals} hospitals "

@@ -17,17 +17,20 @@ def run(capsys, *args: str) -> tuple[int, str]:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--task", "segmentation"], "task='segmentation' is not known"),
-        (["--strategy", "fedsgd"], "strategy='fedsgd' is not known"),
-        (["--epsilon", "0"], "epsilon=0.0 must be > 0"),
-        (["--rounds", "-1"], "num-server-rounds=-1 must be > 0"),
+        (["--task", "segmentation"], "--task 'segmentation' is not known"),
+        (["--strategy", "fedsgd"], "--strategy 'fedsgd' is not known"),
+        (["--epsilon", "0"], "--epsilon 0.0 must be > 0"),
+        (["--rounds", "-1"], "--rounds -1 must be > 0"),  # errors spell the flag the user typed, not the run-config key
         (["--partition", "dirichlet:0"], "Dirichlet alpha must be a positive"),
         (["--hospitals", "600"], "600 hospitals but only 569 samples"),
         (["--task", "image-cnn"], "--data is required for task image-cnn"),
-        (["--model", "transformer"], "model='transformer' is not a tabular model"),
-        (["--partition", "natural"], "partition=natural needs a data set with natural sites"),
+        (["--model", "transformer"], "--model 'transformer' is not a tabular model"),
+        (["--partition", "natural"], "--partition natural needs a data set with natural sites"),
         (["--node-config", "balanced-decision=no"], "is not key=value pairs Flower can read"),
-        (["--server-momentum", "0.5", "--strategy", "fedprox"], "server-momentum=0.5 applies to strategy fedavg only"),
+        (["--server-momentum", "0.5", "--strategy", "fedprox"],
+         "--server-momentum 0.5 applies to strategy fedavg only (FedAvgM); --strategy fedprox: set --server-momentum -1"),
+        (["--central-dp-noise", "1", "--secure-aggregation"], "cannot go with --secure-aggregation: the server clips"),
+        (["--test-fraction", "2"], "--test-fraction 2.0 must be in (0, 1)"),
         (["--class-weighting", "true", "--no-class-weighting"], "--no-class-weighting contradicts --class-weighting true"),
     ],
 )

@@ -30,7 +30,7 @@ def test_a_mismatched_or_corrupt_checkpoint_is_refused_naming_keys_before_anythi
     assert "does not fit this run's model" in result.stderr and "unexpected: " in result.stderr, result.stderr
     (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
     result = simulate("--init-weights", str(tmp_path / "broken.pt"), "--out", str(tmp_path / "run2"))
-    assert result.returncode != 0 and f"init-weights={tmp_path / 'broken.pt'} is not a readable state dict" in result.stderr
+    assert result.returncode != 0 and f"--init-weights {tmp_path / 'broken.pt'} is not a readable state dict" in result.stderr
     assert not (tmp_path / "run1" / "metrics.jsonl").exists() and not (tmp_path / "run2" / "metrics.jsonl").exists()
 
 
