@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.config import STRATEGY_NAMES, TASK_NAMES, RunConfig
+from common.config import LR_SCHEDULES, STRATEGY_NAMES, TASK_NAMES, RunConfig
 from common.errors import ConfigError, DataError, FedwardError
 
 DEFAULT_DATA = {"tabular": "builtin:breast-cancer"}
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="(expected) batch size (0: the task's default, image-cnn and sequence-rnn 128 under DP, "
                           "otherwise 32)")
     sim.add_argument("--lr", type=float, default=0.0, help="local learning rate (0: the task's default)")
-    sim.add_argument("--lr-schedule", choices=("auto", "constant", "cosine"), default="auto",
+    sim.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="auto",
                      help="the local lr over the rounds: constant, or cosine (round r of R at lr x (1 + cos(pi (r-1)/R)) / 2); "
                           "auto, the default: the task's, cosine for image-cnn under DP, otherwise constant")
     sim.add_argument("--model", default="",
@@ -194,15 +194,13 @@ def flags_ignored_by_resume(args: argparse.Namespace) -> list[str]:
 
 # run-config keys whose `fedward simulate` flag has another name; (key, value) -> the flag that sets it
 _FLAG_NAMES = {"num-server-rounds": "--rounds", "data-path": "--data", "min-hospitals": "--hospitals", "out-dir": "--out"}
-_SWITCHES = {("dp", "false"): "--no-dp", ("prior-correction", "false"): "--no-prior-correction",
-             ("balanced-decision", "false"): "--no-balanced-decision", ("fused-rounds", "false"): "--separate-evaluate",
-             ("secure-aggregation", "true"): "--secure-aggregation"}
+_SWITCHES = {("secure-aggregation", "true"): "--secure-aggregation"}  # the one switch a setting error names
 _SETTING = re.compile(r"(?<![\w-])([a-z][a-z0-9-]*)=('[^']*'|[^\s,;:)]+)")
 
 
 def in_flag_terms(message: str) -> str:
     """A run-config error as a `fedward simulate` user typed it: `server-momentum=0.5` ->
-    `--server-momentum 0.5`, `num-server-rounds=-1` -> `--rounds -1`, `dp=false` -> `--no-dp`."""
+    `--server-momentum 0.5`, `num-server-rounds=-1` -> `--rounds -1`, `secure-aggregation=true` -> `--secure-aggregation`."""
     flags = {f"--{dest.replace('_', '-')}" for dest in vars(build_parser().parse_args(["simulate"]))}
 
     def spelled(match: re.Match[str]) -> str:
