@@ -5,9 +5,10 @@
 
 The split is de Chazal et al. (2004)'s DS1 / DS2: 22 records train, 22 other
 patients' records test, the 4 paced records left out, so no patient is on both
-sides. Beats are read with fedward's own WFDB reader (lead 0, 0.5 s around each
-annotated R peak, AAMI classes N/S/V/F/Q, plus its difference from the patient's
-median beat and, as constant channels, 5 RR and 2 shape features relative to the
+sides. Beats are read with fedward's own WFDB reader (both leads, MLII first, since
+2026-12-02; lead 0 alone before; 0.5 s around each annotated R peak, AAMI classes
+N/S/V/F/Q, plus each lead's difference from the patient's median beat and, as
+constant channels, 5 RR and 2 shape features relative to the
 patient's own beats; 3 RR channels before issue 18's change of 2026-12-01). To keep a run within minutes on
 2 cores, the training side keeps at most `--normal-per-record` N beats per
 record (chosen at random with a fixed seed) and every S, V, F and Q beat; the
@@ -206,6 +207,9 @@ def main() -> None:
               "lr 0.3, 10 rounds, with each hospital's training class-weighted on its own noisy class histogram "
               "(weights <= 1 after clipping; federated DP runs only: the centralised DP rows release no histogram "
               "and train unweighted); chosen on DS1 validation patients (benchmarks/mitbih_validation.py). "
+              "Since issue 18's third change (2026-12-02) each beat carries both leads (MLII first, by name; the "
+              "other lead, V1 in most records, and its difference from its own median beat as 2 more channels), "
+              "chosen on DS1 validation patients too; under DP server momentum 0.5 since the same day. "
               "The waveform alone gave: centralised 0.393 / "
               "F1 0.159 / AUROC 0.605, FedAvg 0.606 / 0.234 / 0.626, centralised eps 3 0.572 / 0.188 / 0.508, "
               "FedAvg eps 3 0.790 / 0.226 / 0.639. rule: argmax, or (DP federated runs, balanced-decision=true) "

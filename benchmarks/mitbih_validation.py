@@ -10,8 +10,8 @@ loop and ClientApp in process) trains on three folds and its model scores the
 held-out fold's patients; the four folds' predictions together give each class's
 recall and the macro-F1 over all 22 patients, by argmax and by the server's balanced
 rule on the run's DP class prior. A config is a list of run settings changed from the
-task's defaults (batch=, lr=, rounds=, epochs=, clip=, momentum= for the server's) and balanced=0 (no class-weighted
-DP training). DS2 is never read.
+task's defaults (batch=, lr=, rounds=, epochs=, clip=, momentum= for the server's,
+schedule=, model=) and balanced=0 (no class-weighted DP training). DS2 is never read.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from report import write_section  # noqa: E402
 
 FOLDS, HOSPITALS = 4, 4
 SETTINGS = {"batch": "batch_size", "lr": "lr", "rounds": "num_server_rounds", "epochs": "local_epochs",
-            "clip": "max_grad_norm", "momentum": "server_momentum", "schedule": "lr_schedule"}
+            "clip": "max_grad_norm", "momentum": "server_momentum", "schedule": "lr_schedule",
+            "model": "model"}
 
 
 def parse(config: str) -> tuple[dict[str, float], bool]:
@@ -55,7 +56,8 @@ def parse(config: str) -> tuple[dict[str, float], bool]:
         if key == "balanced":
             balanced = value != "0"
         elif key in SETTINGS:
-            changes[SETTINGS[key]] = (value if key == "schedule" else float(value) if key in ("lr", "clip", "momentum")
+            text = key in ("schedule", "model")
+            changes[SETTINGS[key]] = (value if text else float(value) if key in ("lr", "clip", "momentum")
                                       else int(value))
         else:
             sys.exit(f"unknown setting {key!r} in config {config!r}; use {', '.join(SETTINGS)} or balanced")

@@ -13,20 +13,58 @@ CONFIG = RunConfig(task="sequence-rnn")
 
 def test_mitbih_beats_get_aami_labels_and_patient_sites(mitbih_subset: Path):
     data = get_task("sequence-rnn").load(str(mitbih_subset), CONFIG)
-    assert data.input_shape == (90, 9) and data.num_classes == 5
+    assert data.input_shape == (90, 11) and data.num_classes == 5
     assert set(data.train.groups) == {"100", "105", "119", "208"}
     labels = set(np.unique(data.train.y))
     assert {0, 2} <= labels  # record 119 and 208 hold many ventricular (V) beats
     per_beat = data.train.x[:, :, 0]
     assert np.allclose(per_beat.mean(axis=1), 0, atol=1e-4)
-    from common.tasks.sequence_rnn.dataset import FEATURE_SCALE
+    from common.tasks.sequence_rnn.dataset import FEATURE_SCALE, WAVE_CHANNELS as W
 
-    assert np.array_equal(data.train.x[:, -1, 2:], data.train.x[:, 0, 2:]), "the same at every step"
-    rhythm = np.exp(data.train.x[:, 0, 2:] / FEATURE_SCALE)  # the channels hold FEATURE_SCALE ln(ratio)
+    assert np.allclose(data.train.x[:, :, 2].mean(axis=1), 0, atol=1e-4)  # the second lead's beat, z-normalised
+    assert np.array_equal(data.train.x[:, -1, W:], data.train.x[:, 0, W:]), "the same at every step"
+    rhythm = np.exp(data.train.x[:, 0, W:] / FEATURE_SCALE)  # the channels hold FEATURE_SCALE ln(ratio)
     # premature ventricular beats come early and are followed by a compensatory pause
     normal, ventricular = rhythm[data.train.y == 0], rhythm[data.train.y == 2]
     assert np.median(ventricular[:, 0]) < 0.85 < np.median(normal[:, 0])
     assert np.median(ventricular[:, 1]) > 1.15 > np.median(normal[:, 1])
+
+
+def _two_lead_record(folder: Path, names: list[str], one_lead: bool = False) -> Path:
+    """A 10 s WFDB record at 360 Hz, a beat every second; the lead named MLII is a spike train,
+    the other a smooth wave, so either lead is recognisable in the beats."""
+    import wfdb
+
+    t = np.arange(3600)
+    spikes = np.where(t % 360 == 180, 1.0, 0.0) + 0.01 * np.sin(t / 7)
+    smooth = np.sin(2 * np.pi * t / 360)
+    leads = {"MLII": spikes, "V5": smooth, "V1": smooth}
+    signal = np.stack([leads[n] for n in names], axis=1)
+    wfdb.wrsamp("rec", fs=360, units=["mV"] * len(names), sig_name=names, p_signal=signal, fmt=["16"] * len(names),
+                write_dir=str(folder))
+    peaks = np.arange(180, 3600, 360)
+    wfdb.wrann("rec", "atr", peaks, symbol=["N"] * len(peaks), write_dir=str(folder))
+    return folder / "rec"
+
+
+@pytest.mark.parametrize("names", [["MLII", "V5"], ["V5", "MLII"]])
+def test_the_mlii_lead_comes_first_wherever_the_record_keeps_it(tmp_path: Path, names: list[str]):
+    """MIT-BIH record 114 stores V5 as its lead 0 and MLII as lead 1; every beat's channel 0 is
+    the MLII lead (the spike), channel 2 the other lead, whatever their order in the file."""
+    from common.tasks.sequence_rnn.dataset import read_record
+
+    x, y = read_record(_two_lead_record(tmp_path, names))
+    assert x.shape[2] == 11 and set(y) == {0}
+    middle = x.shape[1] // 2
+    assert np.all(x[:, middle, 0] == x[:, :, 0].max(axis=1)), "channel 0: the MLII spike at the R peak"
+    assert np.all(x[:, :, 2].max(axis=1) < 0.5 * x[:, :, 0].max(axis=1)), "channel 2: the smooth lead"
+
+
+def test_a_one_lead_record_repeats_its_lead(tmp_path: Path):
+    from common.tasks.sequence_rnn.dataset import read_record
+
+    x, _ = read_record(_two_lead_record(tmp_path, ["V1"]))
+    assert np.array_equal(x[:, :, 0], x[:, :, 2]) and np.array_equal(x[:, :, 1], x[:, :, 3])
 
 
 def test_rr_features_are_relative_to_the_patients_own_rhythm():
@@ -62,10 +100,10 @@ def test_real_supraventricular_beats_are_early_and_ventricular_beats_unlike_the_
         mitbih_subset: Path):
     """On real records (100 and 208 hold 35 S beats; 119 and 208 many V beats): the features the
     model gets separate S and V from N across these four patients."""
-    from common.tasks.sequence_rnn.dataset import FEATURE_SCALE
+    from common.tasks.sequence_rnn.dataset import FEATURE_SCALE, WAVE_CHANNELS
 
     data = get_task("sequence-rnn").load(str(mitbih_subset), CONFIG)
-    logs, y = data.train.x[:, 0, 2:], data.train.y
+    logs, y = data.train.x[:, 0, WAVE_CHANNELS:], data.train.y
     assert abs(float(np.median(logs[y == 0, 3]))) < 0.2  # FEATURE_SCALE ln(ratio): 0 at the usual beat
     features = np.exp(logs / FEATURE_SCALE)  # the ratios themselves
     normal, supra, ventricular = features[y == 0], features[y == 1], features[y == 2]

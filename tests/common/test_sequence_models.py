@@ -15,8 +15,8 @@ from tests.per_sample_check import assert_per_sample_gradients_are_each_samples_
 @pytest.mark.parametrize("model_name", ["cnn-lstm", "cnn-gru"])
 def test_the_front_ends_per_sample_gradients_are_each_samples_own(model_name: str):
     torch.manual_seed(0)
-    model = get_task("sequence-rnn").build_model((90, 9), 5, RunConfig(task="sequence-rnn", model=model_name))
-    x, y = torch.randn(6, 90, 9), torch.randint(0, 5, (6,))
+    model = get_task("sequence-rnn").build_model((90, 11), 5, RunConfig(task="sequence-rnn", model=model_name))
+    x, y = torch.randn(6, 90, 11), torch.randint(0, 5, (6,))
     assert_per_sample_gradients_are_each_samples_own(model, x, y)
 
 

@@ -1,8 +1,9 @@
 """ECG heartbeats: MIT-BIH records (WFDB) or a .npz of beat rows.
 
-A WFDB folder is read with `wfdb`: lead 0 of every record, one window around each
-annotated R peak, labelled with the 5 AAMI classes, with its difference from the
-patient's median beat and 7 features relative to the patient's own beats (5 RR-interval
+A WFDB folder is read with `wfdb`: both leads of every record (the one named MLII
+first, where there is one), one window around each annotated R peak, labelled with
+the 5 AAMI classes; each lead's beat with its difference from the patient's median
+beat in that lead, and 7 features relative to the patient's own beats (5 RR-interval
 features, 2 of shape) as more channels (`read_record`). Each MIT-BIH record is one
 patient: a beat's natural site and its patient are its record, so `partition=natural`
 splits hospitals by patient and DP protects each patient's beats together.
@@ -38,6 +39,14 @@ DOWNSAMPLE = 2  # 180 samples -> 90 time steps
 # of ~0.2, so under DP their share of each clipped gradient was small; on DS1 validation patients
 # (centralised DP, epsilon 3) log ratios gave macro-F1 0.45 against 0.42 (docs/benchmarks.md).
 FEATURE_SCALE, RATIO_FLOOR = 3.0, 1e-3
+# The limb lead the AAMI literature classifies on: MIT-BIH's lead 0 but in 114 (its lead 1), 102 and 104 (none).
+PRIMARY_LEAD = "MLII"
+# Channels 0-3: each lead's z-normalised beat and its difference from the lead's median beat; from
+# WAVE_CHANNELS on, the 7 features (the same at every step). Both leads, against one, on DS1 validation
+# patients (federated DP, epsilon 3, 10 seeds): S beats found 0.62 against 0.56, V 0.85 against 0.88;
+# on DS2 (3 seeds) S 0.75 against 0.60, V 0.90 against 0.89 (docs/benchmarks.md, "MIT-BIH: second lead
+# and model variants on DS1 validation patients").
+WAVE_CHANNELS = 4
 
 
 def load_sequences(path: str, config: RunConfig) -> TaskData:
@@ -68,17 +77,23 @@ def load_sequences(path: str, config: RunConfig) -> TaskData:
 
 
 def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Beats (N, T, 9) and AAMI labels (N,) of one WFDB record. Channel 0: the z-normalised
-    waveform; 1: its difference from the record's median beat (the patient's own template);
-    2-8, the same at every step: 3 ln of the beat's 5 RR features (`rr_features`) and 2 shape
-    features (`shape_features`), all ratios to the patient's usual beat. Everything but channel 0
-    is relative to the patient's own beats: inter-patient classification fails on absolute
-    features (de Chazal et al. 2004)."""
+    """Beats (N, T, 11) and AAMI labels (N,) of one WFDB record. Channel 0: the z-normalised
+    waveform of the primary lead (MLII where the record has it, else its first); 1: its difference
+    from the record's median beat (the patient's own template); 2 and 3: the same for the record's
+    other lead (V1 in most MIT-BIH records; a one-lead record repeats its lead); 4-10, the same at
+    every step: 3 ln of the beat's 5 RR features (`rr_features`) and 2 shape features of the
+    primary lead (`shape_features`), all ratios to the patient's usual beat. The features and the
+    difference channels are relative to the patient's own beats: inter-patient classification
+    fails on absolute features (de Chazal et al. 2004, who also used both leads)."""
     import wfdb
 
     try:
-        signal = wfdb.rdrecord(str(stem), channels=[0]).p_signal[:, 0]
+        record = wfdb.rdrecord(str(stem))
         annotation = wfdb.rdann(str(stem), "atr")
+        names = [str(n) for n in (record.sig_name or [])]
+        primary = names.index(PRIMARY_LEAD) if PRIMARY_LEAD in names else 0
+        second = next((i for i in range(record.p_signal.shape[1]) if i != primary), primary)
+        signal, other = record.p_signal[:, primary], record.p_signal[:, second]
     except Exception as err:  # wfdb raises bare ValueError/IndexError/OSError on bad files
         raise DataError(
             f"{stem}: cannot read this WFDB record ({type(err).__name__}: {err}); check that "
@@ -91,18 +106,24 @@ def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
     if not keep.any():
         raise DataError(f"{stem}: no annotated heartbeats found in this record")
     rhythm = rr_features(peaks)
-    raw = np.asarray([signal[p - BEFORE : p + AFTER : DOWNSAMPLE] for p in peaks[keep]], dtype=np.float64)
-    if not np.isfinite(raw).all():
-        raise DataError(f"{stem}: the signal holds NaN values; the .dat file may be truncated")
-    x = (raw - raw.mean(axis=1, keepdims=True)) / (raw.std(axis=1, keepdims=True) + 1e-6)
-    template = np.median(x, axis=0)
+    raw, x = _windows(stem, signal, peaks[keep])
+    _, x2 = _windows(stem, other, peaks[keep])
+    template, template2 = np.median(x, axis=0), np.median(x2, axis=0)
     ratios = np.concatenate([rhythm[keep], shape_features(raw, x, template)], axis=1)
     constant = FEATURE_SCALE * np.log(np.maximum(ratios, RATIO_FLOOR))
     steps = x.shape[1]
-    channels = np.concatenate([x[..., None], (x - template)[..., None],
+    channels = np.concatenate([x[..., None], (x - template)[..., None], x2[..., None], (x2 - template2)[..., None],
                                np.repeat(constant[:, None, :], steps, axis=1)], axis=2)
     labels = np.asarray([AAMI_MAP[s] for s in symbols[keep]], dtype=np.int64)
     return channels.astype(np.float32), labels
+
+
+def _windows(stem: Path, signal: np.ndarray, peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One lead's beats around `peaks`: raw (N, T) and z-normalised per beat."""
+    raw = np.asarray([signal[p - BEFORE : p + AFTER : DOWNSAMPLE] for p in peaks], dtype=np.float64)
+    if not np.isfinite(raw).all():
+        raise DataError(f"{stem}: the signal holds NaN values; the .dat file may be truncated")
+    return raw, (raw - raw.mean(axis=1, keepdims=True)) / (raw.std(axis=1, keepdims=True) + 1e-6)
 
 
 def rr_features(peaks: np.ndarray, local: int = 10) -> np.ndarray:
