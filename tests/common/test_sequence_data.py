@@ -30,34 +30,39 @@ def test_mitbih_beats_get_aami_labels_and_patient_sites(mitbih_subset: Path):
     assert np.median(ventricular[:, 1]) > 1.15 > np.median(normal[:, 1])
 
 
-def _two_lead_record(folder: Path, names: list[str], one_lead: bool = False) -> Path:
-    """A 10 s WFDB record at 360 Hz, a beat every second; the lead named MLII is a spike train,
-    the other a smooth wave, so either lead is recognisable in the beats."""
+def _two_lead_record(folder: Path, names: list[str], fs: int = 360, gap: str | None = None) -> Path:
+    """A 10 s WFDB record, a beat every second; the lead named MLII (or II) is a spike train, the
+    others a smooth wave, so either is recognisable in the beats. `gap`: that lead is NaN for 3 s."""
     import wfdb
 
-    t = np.arange(3600)
-    spikes = np.where(t % 360 == 180, 1.0, 0.0) + 0.01 * np.sin(t / 7)
-    smooth = np.sin(2 * np.pi * t / 360)
-    leads = {"MLII": spikes, "V5": smooth, "V1": smooth}
-    signal = np.stack([leads[n] for n in names], axis=1)
-    wfdb.wrsamp("rec", fs=360, units=["mV"] * len(names), sig_name=names, p_signal=signal, fmt=["16"] * len(names),
+    t = np.arange(10 * fs)
+    spikes = np.where(t % fs == fs // 2, 1.0, 0.0) + 0.01 * np.sin(t / 7)
+    smooth = np.sin(2 * np.pi * t / fs)
+    signal = np.stack([spikes if n.upper() in ("MLII", "II") else smooth for n in names], axis=1)
+    if gap is not None:
+        signal[2 * fs : 5 * fs, names.index(gap)] = np.nan
+    wfdb.wrsamp("rec", fs=fs, units=["mV"] * len(names), sig_name=names, p_signal=signal, fmt=["16"] * len(names),
                 write_dir=str(folder))
-    peaks = np.arange(180, 3600, 360)
+    peaks = np.arange(fs // 2, 10 * fs, fs)
     wfdb.wrann("rec", "atr", peaks, symbol=["N"] * len(peaks), write_dir=str(folder))
     return folder / "rec"
 
 
-@pytest.mark.parametrize("names", [["MLII", "V5"], ["V5", "MLII"]])
+def _is_spike(beats: np.ndarray) -> bool:
+    middle = beats.shape[1] // 2
+    return bool(np.all(beats[:, middle] == beats.max(axis=1)) and np.all(beats.max(axis=1) > 3))
+
+
+@pytest.mark.parametrize("names", [["MLII", "V5"], ["V5", "MLII"], ["V1", "ii"], ["V5", "V2", "MLII"]])
 def test_the_mlii_lead_comes_first_wherever_the_record_keeps_it(tmp_path: Path, names: list[str]):
     """MIT-BIH record 114 stores V5 as its lead 0 and MLII as lead 1; every beat's channel 0 is
-    the MLII lead (the spike), channel 2 the other lead, whatever their order in the file."""
+    the MLII lead (the spike; "II" in any case too), channel 2 another lead, whatever their order."""
     from common.tasks.sequence_rnn.dataset import read_record
 
     x, y = read_record(_two_lead_record(tmp_path, names))
     assert x.shape[2] == 11 and set(y) == {0}
-    middle = x.shape[1] // 2
-    assert np.all(x[:, middle, 0] == x[:, :, 0].max(axis=1)), "channel 0: the MLII spike at the R peak"
-    assert np.all(x[:, :, 2].max(axis=1) < 0.5 * x[:, :, 0].max(axis=1)), "channel 2: the smooth lead"
+    assert _is_spike(x[:, :, 0]), "channel 0: the MLII spike at the R peak"
+    assert not _is_spike(x[:, :, 2]), "channel 2: the smooth lead"
 
 
 def test_a_one_lead_record_repeats_its_lead(tmp_path: Path):
@@ -65,6 +70,33 @@ def test_a_one_lead_record_repeats_its_lead(tmp_path: Path):
 
     x, _ = read_record(_two_lead_record(tmp_path, ["V1"]))
     assert np.array_equal(x[:, :, 0], x[:, :, 2]) and np.array_equal(x[:, :, 1], x[:, :, 3])
+
+
+def test_a_gap_in_the_second_lead_keeps_the_patient_with_a_warning(tmp_path: Path):
+    from common.tasks.sequence_rnn.dataset import read_record
+
+    with pytest.warns(UserWarning, match=r"rec: lead V5 holds NaN values where beats are; its channels repeat lead MLII"):
+        x, _ = read_record(_two_lead_record(tmp_path, ["MLII", "V5"], gap="V5"))
+    assert len(x) == 10 and np.isfinite(x).all() and np.array_equal(x[:, :, 0], x[:, :, 2])
+
+
+def test_a_gap_in_the_primary_lead_is_refused_naming_the_lead(tmp_path: Path):
+    from common.tasks.sequence_rnn.dataset import read_record
+
+    with pytest.raises(DataError, match=r"rec: lead MLII holds NaN values where beats are .* leave the record out"):
+        read_record(_two_lead_record(tmp_path, ["MLII", "V5"], gap="MLII"))
+
+
+def test_a_record_at_another_rate_is_resampled_to_half_second_windows(tmp_path: Path):
+    """A 180 Hz record gives the same 0.5 s windows (90 steps) with the R peak in the middle."""
+    from common.tasks.sequence_rnn.dataset import read_record
+
+    x, y = read_record(_two_lead_record(tmp_path, ["MLII", "V1"], fs=180))
+    assert x.shape[1:] == (90, 11) and len(y) == 10
+    middle = x.shape[1] // 2
+    assert np.all(np.abs(np.argmax(x[:, :, 0], axis=1) - middle) <= 1), "the peak within a step of the middle"
+    smooth = x[:, :, 2]  # a 1 s sine seen for 0.5 s from its crest: it falls from top to bottom (1 s: back up)
+    assert np.all(smooth[:, 0] > 1) and np.all(smooth[:, -1] < -1)
 
 
 def test_rr_features_are_relative_to_the_patients_own_rhythm():

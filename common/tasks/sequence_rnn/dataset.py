@@ -1,7 +1,7 @@
 """ECG heartbeats: MIT-BIH records (WFDB) or a .npz of beat rows.
 
-A WFDB folder is read with `wfdb`: both leads of every record (the one named MLII
-first, where there is one), one window around each annotated R peak, labelled with
+A WFDB folder is read with `wfdb`: two leads of every record (the one named MLII or
+II first, where there is one; resampled to 360 Hz where recorded at another rate), one window around each annotated R peak, labelled with
 the 5 AAMI classes; each lead's beat with its difference from the patient's median
 beat in that lead, and 7 features relative to the patient's own beats (5 RR-interval
 features, 2 of shape) as more channels (`read_record`). Each MIT-BIH record is one
@@ -15,6 +15,7 @@ inter-patient DS2 records), which only the server's evaluation reads.
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -39,13 +40,16 @@ DOWNSAMPLE = 2  # 180 samples -> 90 time steps
 # of ~0.2, so under DP their share of each clipped gradient was small; on DS1 validation patients
 # (centralised DP, epsilon 3) log ratios gave macro-F1 0.45 against 0.42 (docs/benchmarks.md).
 FEATURE_SCALE, RATIO_FLOOR = 3.0, 1e-3
-# The limb lead the AAMI literature classifies on: MIT-BIH's lead 0 but in 114 (its lead 1), 102 and 104 (none).
-PRIMARY_LEAD = "MLII"
+# The limb lead the AAMI literature classifies on (modified lead II; "II" in other databases), matched
+# without regard to case: MIT-BIH's lead 0 but in 114 (its lead 1), 102 and 104 (neither: lead 0 is used).
+PRIMARY_LEADS = ("MLII", "II")
+RATE = 360  # Hz: MIT-BIH's; a record at another rate is resampled to it (wfdb.processing), so a window is 0.5 s
 # Channels 0-3: each lead's z-normalised beat and its difference from the lead's median beat; from
 # WAVE_CHANNELS on, the 7 features (the same at every step). Both leads, against one, on DS1 validation
-# patients (federated DP, epsilon 3, 10 seeds): S beats found 0.62 against 0.56, V 0.85 against 0.88;
-# on DS2 (3 seeds) S 0.75 against 0.60, V 0.90 against 0.89 (docs/benchmarks.md, "MIT-BIH: second lead
-# and model variants on DS1 validation patients").
+# patients (federated DP, epsilon 3, seeds 0-4 twice against 10 seeds): S beats found 0.62 against
+# 0.56, V 0.85 against 0.88 (docs/benchmarks.md, "MIT-BIH: second lead and model variants on DS1
+# validation patients"); on DS2 (3 seeds) S 0.75 against 0.60, V 0.90 against 0.89 ("MIT-BIH
+# inter-patient (DS1 train, DS2 test), second lead (issue 18)").
 WAVE_CHANNELS = 4
 
 
@@ -78,22 +82,30 @@ def load_sequences(path: str, config: RunConfig) -> TaskData:
 
 def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
     """Beats (N, T, 11) and AAMI labels (N,) of one WFDB record. Channel 0: the z-normalised
-    waveform of the primary lead (MLII where the record has it, else its first); 1: its difference
-    from the record's median beat (the patient's own template); 2 and 3: the same for the record's
-    other lead (V1 in most MIT-BIH records; a one-lead record repeats its lead); 4-10, the same at
+    waveform of the primary lead (the one named MLII or II where the record has it, else its first);
+    1: its difference from the record's median beat (the patient's own template); 2 and 3: the same
+    for the record's next lead (V1 in most MIT-BIH records; further leads are not read). A one-lead
+    record, or one whose second lead has gaps (NaN) where beats are, repeats its primary lead there,
+    with a warning naming the record and lead. A record at another rate than 360 Hz is resampled to
+    it first. 4-10, the same at
     every step: 3 ln of the beat's 5 RR features (`rr_features`) and 2 shape features of the
     primary lead (`shape_features`), all ratios to the patient's usual beat. The features and the
     difference channels are relative to the patient's own beats: inter-patient classification
     fails on absolute features (de Chazal et al. 2004, who also used both leads)."""
     import wfdb
+    from wfdb.processing import resample_multichan
 
     try:
         record = wfdb.rdrecord(str(stem))
         annotation = wfdb.rdann(str(stem), "atr")
-        names = [str(n) for n in (record.sig_name or [])]
-        primary = names.index(PRIMARY_LEAD) if PRIMARY_LEAD in names else 0
-        second = next((i for i in range(record.p_signal.shape[1]) if i != primary), primary)
-        signal, other = record.p_signal[:, primary], record.p_signal[:, second]
+        leads = np.asarray(record.p_signal, dtype=np.float64)
+        if record.fs != RATE:
+            leads, annotation = resample_multichan(leads, annotation, record.fs, RATE)
+        names = [str(n) for n in (record.sig_name or [])] or ["lead 0"]
+        upper = [n.upper() for n in names]
+        primary = next((upper.index(p) for p in PRIMARY_LEADS if p in upper), 0)
+        second = next((i for i in range(leads.shape[1]) if i != primary), primary)
+        signal, other = leads[:, primary], leads[:, second]
     except Exception as err:  # wfdb raises bare ValueError/IndexError/OSError on bad files
         raise DataError(
             f"{stem}: cannot read this WFDB record ({type(err).__name__}: {err}); check that "
@@ -106,8 +118,15 @@ def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
     if not keep.any():
         raise DataError(f"{stem}: no annotated heartbeats found in this record")
     rhythm = rr_features(peaks)
-    raw, x = _windows(stem, signal, peaks[keep])
-    _, x2 = _windows(stem, other, peaks[keep])
+    raw, x = _windows(signal, peaks[keep])
+    if not np.isfinite(raw).all():
+        raise DataError(f"{stem}: lead {names[primary]} holds NaN values where beats are (a lead-off gap or a "
+                        "truncated .dat file); cut the gap out of the record or leave the record out")
+    raw2, x2 = _windows(other, peaks[keep])
+    if not np.isfinite(raw2).all():
+        warnings.warn(f"{stem}: lead {names[second]} holds NaN values where beats are; its channels repeat lead "
+                      f"{names[primary]}", stacklevel=2)
+        x2 = x
     template, template2 = np.median(x, axis=0), np.median(x2, axis=0)
     ratios = np.concatenate([rhythm[keep], shape_features(raw, x, template)], axis=1)
     constant = FEATURE_SCALE * np.log(np.maximum(ratios, RATIO_FLOOR))
@@ -118,11 +137,9 @@ def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
     return channels.astype(np.float32), labels
 
 
-def _windows(stem: Path, signal: np.ndarray, peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _windows(signal: np.ndarray, peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One lead's beats around `peaks`: raw (N, T) and z-normalised per beat."""
     raw = np.asarray([signal[p - BEFORE : p + AFTER : DOWNSAMPLE] for p in peaks], dtype=np.float64)
-    if not np.isfinite(raw).all():
-        raise DataError(f"{stem}: the signal holds NaN values; the .dat file may be truncated")
     return raw, (raw - raw.mean(axis=1, keepdims=True)) / (raw.std(axis=1, keepdims=True) + 1e-6)
 
 
