@@ -36,7 +36,7 @@ from server.exchange import send_and_receive
 from server.init_weights import apply_init_weights, read_init_weights
 from server.operating_point import balanced_scores, operating_point, prior_section, received_priors
 from server.records import RunRecorder, row_of, save_checkpoint, save_final_model
-from server.run_state import restore_strategy, start
+from server.run_state import check_checkpoint_fits, restore_strategy, start
 from server.report import model_card, write_model_card, write_report_png
 from server.screening import Rejection, evaluations, screen
 from server.secure_round import secure_train
@@ -54,6 +54,8 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     if init is not None:
         apply_init_weights(model, init)
         print(f"global model starts from {init.path} (sha256 {init.sha256})", flush=True)
+    if state.arrays is not None:  # before anything is sent: a model of other shapes cannot continue
+        check_checkpoint_fits(state.arrays, {k: tuple(a.shape) for k, a in to_arrays(model).items()}, out_dir)
     arrays = state.arrays if state.arrays is not None else to_arrays(model)
     strategy = build_strategy(config)
     restore_strategy(strategy, state.strategy_state)

@@ -84,6 +84,23 @@ def resume(out_dir: Path) -> RunState:
     return state
 
 
+def check_checkpoint_fits(arrays: ArrayRecord, expected: dict[str, tuple[int, ...]], out_dir: Path) -> None:
+    """Refuse, before any round is sent, a checkpoint whose weights do not fit the model this
+    run's data gives (the data, or fedward's reading of it, changed since the run began)."""
+    held = {k: tuple(int(d) for d in a.shape) for k, a in arrays.items()}
+    wrong = sorted(f"{k} {held[k]} (model: {shape})" for k, shape in expected.items()
+                   if k in held and held[k] != shape)
+    missing, unexpected = sorted(set(expected) - set(held)), sorted(set(held) - set(expected))
+    if wrong or missing or unexpected:
+        parts = [f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}" for label, items in
+                 (("wrong shape", wrong), ("missing", missing), ("unexpected", unexpected)) if items]
+        raise FedwardError(
+            f"cannot resume {out_dir}: its checkpoint does not fit the model this data gives now "
+            f"({'; '.join(parts)}); the data or fedward's reading of it changed since the run began (e.g. "
+            "sequence-rnn reads two ECG leads, 11 channels, since 2026-12-02): start a new run in another out-dir"
+        )
+
+
 def restore_strategy(strategy: Strategy, state: dict[str, Any]) -> None:
     for name, value in state.items():
         setattr(strategy, name, value)

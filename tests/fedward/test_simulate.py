@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +119,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(three_rounds: Path, tm
         os.killpg(proc.pid, signal.SIGKILL)  # the driver, Ray and its workers
         proc.wait()
     assert not (out / "model_card.json").exists()
+    _a_checkpoint_of_other_shapes_is_refused_before_any_round(out, tmp_path / "changed")
     simulate("--resume", str(out))
 
     resumed, reference = read_metrics(out), read_metrics(three_rounds)
@@ -141,6 +143,29 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(three_rounds: Path, tm
             # a class-histogram release as in the uninterrupted run (round -1, once per run), and the
             # interrupted round not charged twice
             assert charged == [-1] * releases[line.name] + [1, 2, 3], charged
+
+
+def _a_checkpoint_of_other_shapes_is_refused_before_any_round(killed: Path, copy: Path) -> None:
+    """A run whose data now gives another model (here one weight's shape changed, as sequence-rnn's
+    inputs went from 9 to 11 channels) stops before round 2 is sent, naming the weight and both shapes."""
+    shutil.copytree(killed, copy)
+    path = copy / "checkpoints" / "round-0001.npz"
+    with np.load(path, allow_pickle=False) as saved:
+        members = {name: saved[name] for name in saved.files}
+    first = next(name for name in members if name.startswith("arrays/") and members[name].ndim == 2)
+    wrong = members[first][:, :-1]
+    members[first] = wrong
+    np.savez(path, **members)
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "RAY_DISABLE_IMPORT_WARNING": "1"}
+    result = subprocess.run([sys.executable, "-m", "fedward", "simulate", "--resume", str(copy)], cwd=PROJECT_ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)
+    key = first.removeprefix("arrays/")
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert f"its checkpoint does not fit the model this data gives now (wrong shape: {key} {wrong.shape}" in (
+        result.stdout + result.stderr), result.stderr[-3000:]
+    assert "start a new run" in result.stderr
+    assert not any("\"round\": 2" in line for line in (copy / "metrics.jsonl").read_text().splitlines())
+    assert not (copy / "final_model.pt").exists()
 
 
 def test_sequence_rnn_on_mitbih_records(mitbih_subset: Path, tmp_path: Path):
