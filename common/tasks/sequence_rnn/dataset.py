@@ -1,10 +1,11 @@
 """ECG heartbeats: MIT-BIH records (WFDB) or a .npz of beat rows.
 
 A WFDB folder is read with `wfdb`: two leads of every record (the one named MLII or
-II first, where there is one; resampled to 360 Hz where recorded at another rate), one window around each annotated R peak, labelled with
-the 5 AAMI classes; each lead's beat with its difference from the patient's median
-beat in that lead, and 7 features relative to the patient's own beats (5 RR-interval
-features, 2 of shape) as more channels (`read_record`). Each MIT-BIH record is one
+II first, where there is one; resampled to 360 Hz where recorded at another rate),
+one window around each annotated R peak, labelled with the 5 AAMI classes; each
+lead's beat with its difference from the patient's median beat in that lead, and 7
+features relative to the patient's own beats (5 RR-interval features, 2 of shape) as
+more channels (`read_record`). Each MIT-BIH record is one
 patient: a beat's natural site and its patient are its record, so `partition=natural`
 splits hospitals by patient and DP protects each patient's beats together.
 A .npz file holds `x` (N, T) beats, `y` labels and optionally `groups` (each
@@ -87,9 +88,9 @@ def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
     for the record's next lead (V1 in most MIT-BIH records; further leads are not read). A one-lead
     record, or one whose second lead has gaps (NaN) where beats are, repeats its primary lead there,
     with a warning naming the record and lead. A record at another rate than 360 Hz is resampled to
-    it first. 4-10, the same at
-    every step: 3 ln of the beat's 5 RR features (`rr_features`) and 2 shape features of the
-    primary lead (`shape_features`), all ratios to the patient's usual beat. The features and the
+    it first. Channels 4-10, the same at every step: 3 ln of the beat's 5 RR features
+    (`rr_features`) and 2 shape features of the primary lead (`shape_features`), all ratios to the
+    patient's usual beat. The features and the
     difference channels are relative to the patient's own beats: inter-patient classification
     fails on absolute features (de Chazal et al. 2004, who also used both leads)."""
     import wfdb
@@ -101,7 +102,8 @@ def read_record(stem: Path) -> tuple[np.ndarray, np.ndarray]:
         leads = np.asarray(record.p_signal, dtype=np.float64)
         if record.fs != RATE:
             leads, annotation = resample_multichan(leads, annotation, record.fs, RATE)
-        names = [str(n) for n in (record.sig_name or [])] or ["lead 0"]
+        names = [str(n) for n in (record.sig_name or [])]
+        names += [f"lead {i}" for i in range(len(names), leads.shape[1])]  # unnamed leads, for messages
         upper = [n.upper() for n in names]
         primary = next((upper.index(p) for p in PRIMARY_LEADS if p in upper), 0)
         second = next((i for i in range(leads.shape[1]) if i != primary), primary)
