@@ -21,6 +21,15 @@ def to_arrays(module: torch.nn.Module) -> ArrayRecord:
     return ArrayRecord(state)
 
 
+def shape_mismatch(expected: dict[str, tuple[int, ...]], held: dict[str, tuple[int, ...]]) -> str:
+    """"missing: ...; unexpected: ...; wrong shape: KEY (held) (model: (expected))" for weights that do not
+    fit a model of `expected` shapes; "" when they fit."""
+    missing, unexpected = sorted(set(expected) - set(held)), sorted(set(held) - set(expected))
+    wrong = sorted(f"{k} {held[k]} (model: {expected[k]})" for k in set(expected) & set(held) if held[k] != expected[k])
+    return "; ".join(f"{label}: {', '.join(items)}" for label, items in
+                     (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items)
+
+
 def load_arrays(module: torch.nn.Module, arrays: ArrayRecord) -> None:
     """Load weights strictly; a mismatch names the keys and shapes that differ."""
     incoming = arrays.to_torch_state_dict()

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from common.errors import ConfigError
+from common.serialization import shape_mismatch
 
 SUFFIXES = (".pt", ".pth", ".npz")
 
@@ -57,17 +58,11 @@ def read_init_weights(path_text: str) -> InitWeights:
 def apply_init_weights(model: nn.Module, init: InitWeights) -> None:
     """Load strictly into `model`; ConfigError naming every key and shape that does not fit."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(init.state))
-    unexpected = sorted(set(init.state) - set(expected))
-    wrong = sorted(
-        f"{k} {tuple(init.state[k].shape)} (model: {tuple(expected[k].shape)})"
-        for k in set(expected) & set(init.state) if tuple(init.state[k].shape) != tuple(expected[k].shape)
-    )
-    if missing or unexpected or wrong:
-        parts = [f"{label}: {', '.join(items)}" for label, items in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
+    mismatch = shape_mismatch({k: tuple(v.shape) for k, v in expected.items()},
+                              {k: tuple(v.shape) for k, v in init.state.items()})
+    if mismatch:
         raise ConfigError(
-            f"init-weights={init.path} does not fit this run's model ({'; '.join(parts)}); check task, model, "
+            f"init-weights={init.path} does not fit this run's model ({mismatch}); check task, model, "
             "image-size and the data's classes"
         )
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in init.state.items()}, strict=True)

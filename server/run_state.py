@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import Strategy
 from common.atomic import write_atomic
 from common.config import RunConfig
 from common.errors import FedwardError
+from common.serialization import shape_mismatch
 from server.records import load_checkpoint
 
 RUN_FILE = "run.json"
@@ -87,16 +88,11 @@ def resume(out_dir: Path) -> RunState:
 def check_checkpoint_fits(arrays: ArrayRecord, expected: dict[str, tuple[int, ...]], out_dir: Path) -> None:
     """Refuse, before any round is sent, a checkpoint whose weights do not fit the model this
     run's data gives (the data, or fedward's reading of it, changed since the run began)."""
-    held = {k: tuple(int(d) for d in a.shape) for k, a in arrays.items()}
-    wrong = sorted(f"{k} {held[k]} (model: {shape})" for k, shape in expected.items()
-                   if k in held and held[k] != shape)
-    missing, unexpected = sorted(set(expected) - set(held)), sorted(set(held) - set(expected))
-    if wrong or missing or unexpected:
-        parts = [f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}" for label, items in
-                 (("wrong shape", wrong), ("missing", missing), ("unexpected", unexpected)) if items]
+    mismatch = shape_mismatch(expected, {k: tuple(int(d) for d in a.shape) for k, a in arrays.items()})
+    if mismatch:
         raise FedwardError(
             f"cannot resume {out_dir}: its checkpoint does not fit the model this data gives now "
-            f"({'; '.join(parts)}); the data or fedward's reading of it changed since the run began (e.g. "
+            f"({mismatch}); the data or fedward's reading of it changed since the run began (e.g. "
             "sequence-rnn reads two ECG leads, 11 channels, since 2026-12-02): start a new run in another out-dir"
         )
 
