@@ -54,7 +54,7 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.metrics import auroc, classification_metrics
 from common.tasks.base import Task
-from common.training import predict_proba
+from common.training import local_epochs, predict_proba
 
 MIN_HELD_OUT = 10  # fewer held-out records: a clear line in the table instead of figures
 BOOTSTRAP = 1000
@@ -148,8 +148,9 @@ def _train_models(
     returns them with the global one."""
     lr = task.default_lr if config.dp else config.lr  # DP's larger default step is for noisy gradients
     seed = (config.seed * 1_000_003 + zlib.crc32(hospital.name.encode())) % 2**31
-    budget = config.num_server_rounds * config.local_epochs
-    plain = config.replace(dp=False, lr=lr, strategy="fedavg", local_epochs=budget)
+    # the epochs this hospital trained over the run (more a round without DP where min-local-steps asks)
+    budget = config.num_server_rounds * local_epochs(len(hospital.train), config)
+    plain = config.replace(dp=False, lr=lr, strategy="fedavg", local_epochs=budget, min_local_steps=0)
     torch.manual_seed(seed)
     local = task.build_model(hospital.input_shape, hospital.num_classes, config)
     start = time.perf_counter()

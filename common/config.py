@@ -79,6 +79,10 @@ class RunConfig:
     delta: float = 1e-5
     max_grad_norm: float = 0.0  # 0 = the task's default
     local_epochs: int = 1
+    # without DP only: a hospital whose local epochs give fewer optimiser steps than this trains more whole
+    # epochs to reach it (small data: 19 records at batch 32 is one step an epoch); -1: the task's default
+    # (sequence-rnn MIN_STEPS, others 0 = off); under DP every step is charged, so it must stay -1 or 0
+    min_local_steps: int = -1
     batch_size: int = 0  # 0 = the task's default
     lr: float = 0.0  # 0 = the task's default learning rate
     # the local lr over the run's rounds: "constant", "cosine" (round r of R trains at lr x (1 + cos(pi (r - 1) / R)) / 2,
@@ -171,6 +175,13 @@ class RunConfig:
             raise ConfigError(f"bad-files={self.bad_files!r} must be 'stop' or 'skip'")
         _task_default_or_positive("num-server-rounds", self.num_server_rounds)
         _positive("local-epochs", self.local_epochs)
+        if self.min_local_steps < -1:
+            raise ConfigError(f"min-local-steps={self.min_local_steps} must be >= 0 (0: off) or -1 for the task's default")
+        if self.dp and self.min_local_steps > 0:
+            raise ConfigError(
+                f"min-local-steps={self.min_local_steps} applies without DP only: under DP every step is charged "
+                "to the privacy budget; set min-local-steps=-1 and raise local-epochs instead"
+            )
         _task_default_or_positive("batch-size", self.batch_size)
         _positive("records-per-patient", self.records_per_patient)
         if self.lr < 0:

@@ -72,6 +72,15 @@ def batches_per_epoch(num_samples: int, batch_size: int) -> int:
     return max(1, math.ceil(num_samples / batch_size))
 
 
+def local_epochs(num_samples: int, config: RunConfig) -> int:
+    """Epochs a hospital with `num_samples` training units trains each round: `local-epochs`, or
+    without DP more whole epochs where that gives fewer than `min-local-steps` optimiser steps."""
+    config = _with_task_defaults(config)
+    if config.dp or config.min_local_steps <= 0:
+        return config.local_epochs
+    return max(config.local_epochs, math.ceil(config.min_local_steps / batches_per_epoch(num_samples, config.batch_size)))
+
+
 def _with_task_defaults(config: RunConfig) -> RunConfig:
     """Settings left at 0 ("the task's default") filled in: every plan and step sees resolved values."""
     from common.tasks import resolve  # lazy: the task registry imports this module
@@ -82,7 +91,7 @@ def _with_task_defaults(config: RunConfig) -> RunConfig:
 def planned_steps(num_samples: int, config: RunConfig) -> int:
     """Optimiser steps a hospital takes over the whole run, `num_samples` units at `batch-size` units a batch."""
     config = _with_task_defaults(config)
-    per_round = config.local_epochs * batches_per_epoch(num_samples, config.batch_size)
+    per_round = local_epochs(num_samples, config) * batches_per_epoch(num_samples, config.batch_size)
     return config.num_server_rounds * per_round
 
 
@@ -234,7 +243,7 @@ def fit_classifier(
     criterion = nn.CrossEntropyLoss(weight=weight)
     total, steps, seen = 0.0, 0, 0
     loader = make_loader(data, config.batch_size, round_seed)
-    for _ in range(config.local_epochs):
+    for _ in range(local_epochs(len(data), config)):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)

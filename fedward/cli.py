@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--max-grad-norm", type=float, default=0.0,
                      help="DP clipping norm (0: the task's default, image-cnn 0.1, the other tasks 1.0)")
     sim.add_argument("--local-epochs", type=int, default=1)
+    sim.add_argument("--min-local-steps", type=int, default=-1,
+                     help="without DP: a hospital trains more whole epochs a round until it takes at least this many "
+                          "optimiser steps (-1: the task's default, sequence-rnn 30, otherwise 0 = off)")
     sim.add_argument("--batch-size", type=int, default=0,
                      help="(expected) batch size (0: the task's default, image-cnn and sequence-rnn 128 under DP, "
                           "otherwise 32)")
@@ -230,6 +233,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         task=args.task, data_path=data, partition=args.partition, num_server_rounds=args.rounds,
         strategy=args.strategy, dp=not args.no_dp, epsilon=args.epsilon, delta=args.delta,
         max_grad_norm=args.max_grad_norm, local_epochs=args.local_epochs,
+        min_local_steps=args.min_local_steps,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, model=args.model, image_size=args.image_size,
         max_samples=args.max_samples, class_weighting="false" if args.no_class_weighting else args.class_weighting,
         server_momentum=args.server_momentum,
@@ -292,6 +296,8 @@ def simulate(args: argparse.Namespace) -> int:
              else f"no DP, class weights {'on' if config.class_weighting == 'true' else 'off'}, ")
           + f"batch {config.batch_size}" + (f", clip {config.max_grad_norm:g}" if config.dp else "")
           + f", lr {config.lr:g}" + (" falling on a cosine over the rounds" if config.lr_schedule == "cosine" else "")
+          + (f", at least {config.min_local_steps} local steps a round" if not config.dp and config.min_local_steps > 0
+             else "")
           + (", secure aggregation (SecAgg+)" if config.secure_aggregation else "")
           + (f", resuming {config.out_dir}" if config.resume else ""),
           flush=True)

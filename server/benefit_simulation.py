@@ -26,7 +26,7 @@ from common.data import Samples
 from common.metrics import classification_metrics
 from common.privacy import DPState, calibrate_noise
 from common.tasks.base import Task
-from common.training import dp_plan
+from common.training import dp_plan, local_epochs
 
 SIM_FOLDER = "benefit"  # RUN_DIR/benefit: where `fedward simulate --benefit` keeps the virtual hospitals' folders
 CROSS_SITE = "cross_site.csv"
@@ -46,11 +46,12 @@ def add_simulation_rows(
     shared = [r for r in rows if r.get("status") == OK]
     if not shared or any(r["hospital"] not in by_name for r in shared):
         return {"simulation": "no pooled model or cross-site matrix: the hospitals are not this run's virtual ones"}
-    epochs = config.num_server_rounds * config.local_epochs
     patients = None if any(h.train.patients is None for h in hospitals) else \
         np.concatenate([h.train.patients for h in hospitals])  # type: ignore[misc]
     pooled = Samples(np.concatenate([h.train.x for h in hospitals]), np.concatenate([h.train.y for h in hospitals]),
                      patients=patients)  # DP protects patients where the data names them, as at the hospitals
+    # the pooled data trained as one hospital over the run (more epochs a round without DP where min-local-steps asks)
+    epochs = config.num_server_rounds * local_epochs(len(pooled), config)
     variants = {"pooled": None}
     if config.dp:
         plan = dp_plan(pooled, config.replace(local_epochs=epochs, num_server_rounds=1))
@@ -62,7 +63,8 @@ def add_simulation_rows(
         torch.manual_seed(config.seed)
         model = task.build_model(hospitals[0].input_shape, num_classes, config)
         task.train(model, pooled, num_classes, config.replace(dp=dp is not None, lr=lr, strategy="fedavg",
-                                                              local_epochs=epochs), dp, device, config.seed)
+                                                              local_epochs=epochs, min_local_steps=0),
+                   dp, device, config.seed)
         for row in shared:
             scores = _scores(model, config, by_name[row["hospital"]], device)
             row.update({score_key(name, k): scores[k] for k in METRICS})

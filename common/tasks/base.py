@@ -56,6 +56,9 @@ class Task:
     default_dp_batch_size: int = 32
     default_max_grad_norm: float = 1.0
     default_model: str = ""
+    # without DP, what min-local-steps=-1 means: each hospital trains at least this many optimiser steps a
+    # round (whole epochs; common/training.py `local_epochs`); 0: local-epochs as set
+    min_local_steps: int = 0
     classifier: bool = True
     # under DP with the class histogram released (balanced-decision=true): each hospital weights its
     # training by class (common/class_prior.py `training_weights`, applied after clipping)

@@ -178,6 +178,46 @@ def test_sequence_rnn_on_mitbih_records(mitbih_subset: Path, tmp_path: Path):
     assert all(r["macro_f1"] is not None for r in read_metrics(out) if r["split"] == "evaluate")
 
 
+def small_ecg_npz(data_dir: Path, path: Path) -> Path:
+    """A small univariate ECG set as a user brings one (the UCR ECG200 format: 100 beats to train,
+    100 to test, ~1/3 abnormal): MIT-BIH's z-normalised MLII beats, normal vs any arrhythmia,
+    the test beats from other patients than the training ones."""
+    from common.tasks.sequence_rnn.dataset import read_record
+
+    rng = np.random.default_rng(0)
+
+    def draw(records: tuple[str, ...], normal: int, abnormal: int) -> tuple[np.ndarray, np.ndarray]:
+        beats = [read_record(data_dir / "mitbih_arrhythmia" / r) for r in records]
+        x = np.concatenate([b[0][:, :, 0] for b in beats])  # channel 0: the z-normalised MLII beat
+        y = (np.concatenate([b[1] for b in beats]) > 0).astype(np.int64)
+        pick = np.concatenate([rng.choice(np.flatnonzero(y == 0), normal, replace=False),
+                               rng.choice(np.flatnonzero(y == 1), abnormal, replace=False)])
+        return x[pick], y[pick]
+
+    x, y = draw(("105", "119"), 69, 31)
+    x_test, y_test = draw(("100", "208"), 64, 36)
+    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
+    return path
+
+
+def test_the_default_sequence_model_learns_a_small_ecg_set_without_dp(data_dir: Path, tmp_path: Path):
+    """`fedward simulate --task sequence-rnn --data small.npz --no-dp` with no tuning flag: 4 hospitals
+    of ~19 training beats each take one step an epoch, so at 1 epoch a round the model answered the
+    majority class (balanced accuracy 0.500); the task's min-local-steps makes each round 30 steps."""
+    data = small_ecg_npz(data_dir, tmp_path / "small_ecg.npz")
+    out = tmp_path / "run"
+    result = simulate("--task", "sequence-rnn", "--data", str(data), "--no-dp", "--out", str(out))
+    card = assert_run_directory(out, rounds=10)
+    central = next(r for r in read_metrics(out) if r["hospital"] == "server" and r["round"] == 10)
+    y_test = np.load(data)["y_test"]
+    majority = max(np.mean(y_test), 1 - np.mean(y_test))  # 0.64
+    assert central["balanced_accuracy"] >= 0.7, result.stdout[-2000:]
+    assert central["accuracy"] >= majority + 0.05, (central, majority)
+    assert "at least 30 local steps a round" in result.stdout.splitlines()[0]
+    assert card["config"]["min-local-steps"] == 30
+    assert all(r["steps"] >= 30 for r in read_metrics(out) if r["split"] == "train")
+
+
 def test_image_gan_writes_samples_and_tstr(data_dir: Path, tmp_path: Path):
     out = tmp_path / "run"
     simulate("--task", "image-gan", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),

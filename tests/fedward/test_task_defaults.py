@@ -147,3 +147,27 @@ def test_image_cnn_run_uses_and_accounts_the_image_defaults(data_dir: Path, tmp_
         reference.history = [(mine[0]["noise_multiplier"], q, sum(r["steps"] for r in mine)), *prior_release(card)]
         assert mine[-1]["epsilon"] == pytest.approx(reference.get_epsilon(1e-5), abs=1e-6)
         assert mine[-1]["epsilon"] <= 8.0 + 1e-2
+
+
+def test_min_local_steps_is_the_tasks_without_dp_and_refused_under_dp():
+    """sequence-rnn trains at least 30 local steps a round without DP (small ECG sets answered the
+    majority class at one step an epoch); under DP each step is charged, so no floor applies."""
+    assert resolve(RunConfig(task="sequence-rnn", dp=False)).min_local_steps == 30
+    assert resolve(RunConfig(task="sequence-rnn", dp=True)).min_local_steps == 0
+    assert resolve(RunConfig(task="tabular", dp=False)).min_local_steps == 0
+    assert cli_config("--task", "sequence-rnn", "--data", "x.npz", "--no-dp", "--min-local-steps", "5").min_local_steps == 5
+    with pytest.raises(ConfigError, match="min-local-steps=5 applies without DP only.*raise local-epochs"):
+        RunConfig(task="sequence-rnn", dp=True, min_local_steps=5).validate()
+    with pytest.raises(ConfigError, match="min-local-steps=-2 must be >= 0"):
+        RunConfig(min_local_steps=-2).validate()
+
+
+def test_a_small_hospital_trains_whole_epochs_up_to_min_local_steps():
+    from common.training import local_epochs
+
+    config = RunConfig(task="sequence-rnn", dp=False, batch_size=32)
+    assert local_epochs(19, config) == 30  # one batch an epoch
+    assert local_epochs(94, config) == 10  # 3 batches an epoch
+    assert local_epochs(5000, config) == 1  # MIT-BIH-sized: local-epochs as set
+    assert local_epochs(19, config.replace(local_epochs=40)) == 40
+    assert local_epochs(19, config.replace(dp=True, min_local_steps=-1)) == 1
