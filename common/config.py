@@ -81,7 +81,7 @@ class RunConfig:
     local_epochs: int = 1
     # without DP only: a hospital whose local epochs give fewer optimiser steps than this trains more whole
     # epochs to reach it (small data: 19 records at batch 32 is one step an epoch); -1: the task's default
-    # (sequence-rnn MIN_STEPS, others 0 = off); under DP every step is charged, so it must stay -1 or 0
+    # (sequence-rnn and image-cnn 30, others 0 = off); under DP every step is charged, so it must stay -1 or 0
     min_local_steps: int = -1
     batch_size: int = 0  # 0 = the task's default
     lr: float = 0.0  # 0 = the task's default learning rate

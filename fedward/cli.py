@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--local-epochs", type=int, default=1)
     sim.add_argument("--min-local-steps", type=int, default=-1,
                      help="without DP: a hospital trains more whole epochs a round until it takes at least this many "
-                          "optimiser steps (-1: the task's default, sequence-rnn 30, otherwise 0 = off)")
+                          "optimiser steps (-1: the task's default, sequence-rnn and image-cnn 30, otherwise 0 = off)")
     sim.add_argument("--batch-size", type=int, default=0,
                      help="(expected) batch size (0: the task's default, image-cnn and sequence-rnn 128 under DP, "
                           "otherwise 32)")

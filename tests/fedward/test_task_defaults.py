@@ -154,6 +154,8 @@ def test_min_local_steps_is_the_tasks_without_dp_and_refused_under_dp():
     majority class at one step an epoch); under DP each step is charged, so no floor applies."""
     assert resolve(RunConfig(task="sequence-rnn", dp=False)).min_local_steps == 30
     assert resolve(RunConfig(task="sequence-rnn", dp=True)).min_local_steps == 0
+    assert resolve(RunConfig(task="image-cnn", dp=False)).min_local_steps == 30
+    assert resolve(RunConfig(task="image-cnn", dp=True)).min_local_steps == 0
     assert resolve(RunConfig(task="tabular", dp=False)).min_local_steps == 0
     assert cli_config("--task", "sequence-rnn", "--data", "x.npz", "--no-dp", "--min-local-steps", "5").min_local_steps == 5
     with pytest.raises(ConfigError, match="min-local-steps=5 applies without DP only.*raise local-epochs"):

@@ -46,7 +46,8 @@ def score_gan(
     real, unused = _split_off(train, TSTR_SAMPLES, config.seed)
     synthetic = synthesize(model, len(real), config.seed)
     cnn_config = config.replace(
-        task="image-cnn", model="cnn", dp=False, lr=0.01, local_epochs=TSTR_EPOCHS, batch_size=64, strategy="fedavg"
+        task="image-cnn", model="cnn", dp=False, lr=0.01, local_epochs=TSTR_EPOCHS, batch_size=64, strategy="fedavg",
+        min_local_steps=0,  # the fixed TSTR recipe: exactly TSTR_EPOCHS epochs
     )
     scores: dict[str, float] = {}
     for name, samples in (("tstr", synthetic), ("trtr", real)):
