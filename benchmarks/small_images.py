@@ -29,11 +29,13 @@ from report import ROOT, write_section  # noqa: E402
 KEYS = ["val_balanced_accuracy", "val_auroc", "test_balanced_accuracy", "test_accuracy", "test_auroc"]
 
 
-def run(data: Path, samples: int, seed: int, min_steps: int, out: Path) -> dict[str, float]:
+def run(data: Path, samples: int, seed: int, min_steps: int, out: Path, hospitals: int = 4,
+        partition: str = "iid") -> dict[str, float]:
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0"}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "fedward", "simulate", "--task", "image-cnn", "--data", str(data),
-                    "--max-samples", str(samples), "--seed", str(seed), "--no-dp", "--min-local-steps", str(min_steps),
+                    "--max-samples", str(samples), "--seed", str(seed),
+                    "--hospitals", str(hospitals), "--partition", partition, "--no-dp", "--min-local-steps", str(min_steps),
                     "--out", str(out)], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last = max(r["round"] for r in rows)
@@ -54,6 +56,8 @@ def main() -> None:
                         help="NAME:SAMPLES")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--min-steps", type=int, nargs="+", default=[0, 30])
+    parser.add_argument("--hospitals", type=int, default=4)
+    parser.add_argument("--partition", default="iid")
     parser.add_argument("--section", default="image-cnn without DP on small image sets")
     args = parser.parse_args()
     rows, work = [], Path(tempfile.mkdtemp(prefix="small-images-"))
@@ -62,7 +66,8 @@ def main() -> None:
         for seed in args.seeds:
             for steps in args.min_steps:
                 row = {"data": name, "samples": int(samples), "seed": seed, "min_local_steps": steps,
-                       **run(args.medmnist / f"{name}.npz", int(samples), seed, steps, work / f"{name}_{samples}_{seed}_{steps}")}
+                       **run(args.medmnist / f"{name}.npz", int(samples), seed, steps, work / f"{name}_{samples}_{seed}_{steps}",
+                           args.hospitals, args.partition)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     table = []
@@ -76,8 +81,8 @@ def main() -> None:
     write_section(args.section, table, ["data", "samples", "seed", "min_local_steps", "steps_a_round", *KEYS,
                                         "majority", "seconds"], notes=(
         "`fedward simulate --task image-cnn --data NAME.npz --max-samples N --seed S --no-dp --min-local-steps K`, "
-        "4 hospitals (iid), every other setting the task's no-DP default (10 rounds, batch 32, lr 0.003, server "
-        "momentum 0.7, the scatter model). samples: the training images kept (MedMNIST train split, subsampled); "
+        f"{args.hospitals} hospitals ({args.partition}), every other setting the task's no-DP default (10 rounds, batch 32, lr 0.003, server "
+        "momentum 0.7, the scatter model). samples: the training images kept (MedMNIST train split, subsampled; 0: all); "
         "val: the hospitals' held-out splits (the federated score of the last round), where K is chosen; test: the "
         "official test split, reported; majority: always the test split's common class. steps_a_round: the fewest "
         "local steps a hospital took in a round."))
