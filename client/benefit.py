@@ -124,7 +124,8 @@ def benefit_report(
         row["status"] = f"no benefit report: task {config.task} is not a classifier"
     elif len(hospital.test) < MIN_HELD_OUT:
         row["status"] = (f"too few held-out records ({len(hospital.test)}; the report needs at least {MIN_HELD_OUT}): "
-                         "no figures. Give this hospital more data or a larger node config test-fraction")
+                         "no figures. Give this hospital more data or a larger node config test-fraction "
+                         "(fedward simulate: --test-fraction, or fewer --hospitals)")
     else:
         models, details = _train_models(task, global_model, config, hospital, device)
         for name, model in models.items():

@@ -65,6 +65,9 @@ class Partition:
         return f"dirichlet:{self.alpha:g}" if self.scheme == "dirichlet" else self.scheme
 
 
+MAX_LOCAL_STEPS = 10_000  # min-local-steps above this is a typo or a runaway run: refused
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything the operator or researcher sets for one run."""
@@ -175,12 +178,16 @@ class RunConfig:
             raise ConfigError(f"bad-files={self.bad_files!r} must be 'stop' or 'skip'")
         _task_default_or_positive("num-server-rounds", self.num_server_rounds)
         _positive("local-epochs", self.local_epochs)
-        if self.min_local_steps < -1:
-            raise ConfigError(f"min-local-steps={self.min_local_steps} must be >= 0 (0: off) or -1 for the task's default")
+        if not -1 <= self.min_local_steps <= MAX_LOCAL_STEPS:
+            raise ConfigError(
+                f"min-local-steps={self.min_local_steps} must be in 0..{MAX_LOCAL_STEPS} (0: off) or -1 for the task's "
+                "default; it is a floor for small hospitals (sequence-rnn and image-cnn use 30)"
+            )
         if self.dp and self.min_local_steps > 0:
             raise ConfigError(
-                f"min-local-steps={self.min_local_steps} applies without DP only: under DP every step is charged "
-                "to the privacy budget; set min-local-steps=-1 and raise local-epochs instead"
+                f"min-local-steps={self.min_local_steps} applies to runs without DP only: under DP every step is "
+                "charged to the privacy budget. Leave min-local-steps=-1 (under DP it means no floor), or train "
+                "longer with local-epochs, which the noise is calibrated to"
             )
         _task_default_or_positive("batch-size", self.batch_size)
         _positive("records-per-patient", self.records_per_patient)

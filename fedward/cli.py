@@ -32,10 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-dp", action="store_true", help="train without differential privacy")
     sim.add_argument("--max-grad-norm", type=float, default=0.0,
                      help="DP clipping norm (0: the task's default, image-cnn 0.1, the other tasks 1.0)")
-    sim.add_argument("--local-epochs", type=int, default=1)
+    sim.add_argument("--local-epochs", type=int, default=1,
+                     help="epochs each hospital trains a round (without DP more where --min-local-steps asks)")
     sim.add_argument("--min-local-steps", type=int, default=-1,
-                     help="without DP: a hospital trains more whole epochs a round until it takes at least this many "
-                          "optimiser steps (-1: the task's default, sequence-rnn and image-cnn 30, otherwise 0 = off)")
+                     help="without DP only (refused under DP): a hospital trains more whole epochs a round until it "
+                          "takes at least this many optimiser steps (-1: the task's default, sequence-rnn and image-cnn "
+                          "30, otherwise 0 = off; at most 10000)")
     sim.add_argument("--batch-size", type=int, default=0,
                      help="(expected) batch size (0: the task's default, image-cnn and sequence-rnn 128 under DP, "
                           "otherwise 32)")
@@ -296,8 +298,9 @@ def simulate(args: argparse.Namespace) -> int:
              else f"no DP, class weights {'on' if config.class_weighting == 'true' else 'off'}, ")
           + f"batch {config.batch_size}" + (f", clip {config.max_grad_norm:g}" if config.dp else "")
           + f", lr {config.lr:g}" + (" falling on a cosine over the rounds" if config.lr_schedule == "cosine" else "")
-          + (f", at least {config.min_local_steps} local steps a round" if not config.dp and config.min_local_steps > 0
-             else "")
+          + f", {config.local_epochs} local epoch{'s' if config.local_epochs > 1 else ''} a round"
+          + (f" (or more, to at least {config.min_local_steps} local steps a round: min-local-steps)"
+             if not config.dp and config.min_local_steps > 0 else "")
           + (", secure aggregation (SecAgg+)" if config.secure_aggregation else "")
           + (f", resuming {config.out_dir}" if config.resume else ""),
           flush=True)

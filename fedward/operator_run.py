@@ -109,6 +109,13 @@ def out_dir_of(run_config: str) -> Path | None:
     return Path(str(value)) if value else None
 
 
+def resume_hint(out_dir: Path | None) -> str:
+    """How to continue a failed run, only where it left checkpoints (a run refused for its config left none)."""
+    if out_dir is None or not (out_dir / "checkpoints").is_dir():
+        return ""
+    return f"; its checkpoints stay in {out_dir}: to continue it, run the same command with resume=true added to --run-config"
+
+
 def run(app: str, federation: str, run_config: str, timeout_s: float) -> int:
     out_dir = out_dir_of(run_config)
     run_id = start(app, federation, run_config)
@@ -118,8 +125,7 @@ def run(app: str, federation: str, run_config: str, timeout_s: float) -> int:
     if outcome.completed:
         print(f"fedward: run {run_id} {outcome.status}" + (f"; report in {out_dir}" if out_dir else ""))
         return 0
-    hint = (f"; its checkpoints stay in {out_dir}: to continue it, run the same command with resume=true "
-            "added to --run-config" if out_dir else "")
+    hint = resume_hint(out_dir)
     print(f"fedward: error: run {run_id} {outcome.status}"
           + (f": {outcome.details}" if outcome.details else "") + f" (the run's log is above){hint}",
           file=sys.stderr, flush=True)

@@ -44,7 +44,10 @@ def add_simulation_rows(
     hospitals = simulated_hospitals(config)
     by_name = {h.name: h for h in hospitals}
     shared = [r for r in rows if r.get("status") == OK]
-    if not shared or any(r["hospital"] not in by_name for r in shared):
+    if not shared:
+        return {"simulation": "no pooled model or cross-site matrix: no hospital's benefit row has figures "
+                              "(each hospital's status says why)"}
+    if any(r["hospital"] not in by_name for r in shared):
         return {"simulation": "no pooled model or cross-site matrix: the hospitals are not this run's virtual ones"}
     patients = None if any(h.train.patients is None for h in hospitals) else \
         np.concatenate([h.train.patients for h in hospitals])  # type: ignore[misc]

@@ -62,6 +62,7 @@ def model_card(
         trained = sorted({r["round"] for r in rows if r["hospital"] == name and r["split"] == "train"})
         hospitals[name] = {
             "train_samples": train and train["num_examples"],
+            "local_steps_last_round": train and train.get("steps"),  # local-epochs, or more without DP (min-local-steps)
             "test_samples": evaluation and evaluation["num_examples"],
             "epsilon_spent": train and train["epsilon"],
             "privacy_unit": train and train.get("privacy_unit"),

@@ -166,6 +166,15 @@ def test_npz_rows_of_beats(tmp_path: Path):
     assert data.input_shape == (50, 1) and data.num_classes == 3
 
 
+def test_a_channels_first_npz_is_refused_with_the_transpose_to_apply(tmp_path: Path):
+    """(N, 1, T), PyTorch's layout, was read as one time step of T features."""
+    path = tmp_path / "beats.npz"
+    np.savez(path, x=np.zeros((10, 1, 180)), y=np.arange(10) % 2)
+    with pytest.raises(DataError, match=r"one time step of 180 features.*np.transpose\(x, \(0, 2, 1\)\)") as err:
+        get_task("sequence-rnn").load(str(path), CONFIG)
+    assert str(path) in str(err.value)
+
+
 def test_npz_with_a_central_test_split(tmp_path: Path):
     """x_test/y_test (e.g. the inter-patient DS2 records) become the server's test set, not hospitals' data."""
     rng = np.random.default_rng(0)

@@ -81,3 +81,19 @@ def test_benefit_show_prints_a_hospitals_clear_line_for_too_few_records(tmp_path
     shown = fedward("benefit", "show", "--dir", str(tmp_path / "mine"))
     assert shown.returncode == 0, shown.stderr
     assert "tiny" in shown.stdout and "too few held-out records (5;" in shown.stdout
+
+
+def test_no_pooled_model_when_no_hospital_has_figures_says_so(data_dir: Path, tmp_path: Path):
+    """A small set (every hospital under 10 held-out records) said 'the hospitals are not this run's
+    virtual ones', which was false."""
+    import torch
+
+    from common.config import RunConfig
+    from common.tasks import get_task, resolve
+    from server.benefit_simulation import add_simulation_rows
+
+    config = resolve(RunConfig(data_path=str(data_dir / "heart_disease_uci"), partition="natural", dp=False))
+    rows = [{"hospital": "cleveland", "status": "too few held-out records (7; the report needs at least 10)"}]
+    extra = add_simulation_rows(rows, get_task("tabular"), config, tmp_path, "run", torch.device("cpu"))
+    assert extra == {"simulation": "no pooled model or cross-site matrix: no hospital's benefit row has figures "
+                                   "(each hospital's status says why)"}

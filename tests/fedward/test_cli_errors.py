@@ -125,3 +125,12 @@ def test_flags_given_with_resume_are_refused_not_silently_dropped(capsys, tmp_pa
     assert code == 2
     assert "--rounds, --server-momentum, --out would be ignored" in err and "run.json" in err, err
     assert not (tmp_path / "r2").exists()
+
+
+def test_fedward_run_offers_resume_only_where_the_run_left_checkpoints(tmp_path: Path):
+    """A run refused for its config (e.g. min-local-steps=-5) created nothing: resuming would fail the same way."""
+    from fedward.operator_run import resume_hint
+
+    assert resume_hint(None) == "" and resume_hint(tmp_path / "never-created") == ""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    assert "run the same command with resume=true" in resume_hint(tmp_path / "run")

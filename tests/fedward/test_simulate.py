@@ -216,6 +216,7 @@ def test_the_default_sequence_model_learns_a_small_ecg_set_without_dp(data_dir: 
     assert "at least 30 local steps a round" in result.stdout.splitlines()[0]
     assert card["config"]["min-local-steps"] == 30
     assert all(r["steps"] >= 30 for r in read_metrics(out) if r["split"] == "train")
+    assert all(h["local_steps_last_round"] == 30 for h in card["hospitals"].values())  # 30 epochs of 1 step
 
 
 def test_image_gan_writes_samples_and_tstr(data_dir: Path, tmp_path: Path):

@@ -158,10 +158,12 @@ def test_min_local_steps_is_the_tasks_without_dp_and_refused_under_dp():
     assert resolve(RunConfig(task="image-cnn", dp=True)).min_local_steps == 0
     assert resolve(RunConfig(task="tabular", dp=False)).min_local_steps == 0
     assert cli_config("--task", "sequence-rnn", "--data", "x.npz", "--no-dp", "--min-local-steps", "5").min_local_steps == 5
-    with pytest.raises(ConfigError, match="min-local-steps=5 applies without DP only.*raise local-epochs"):
+    with pytest.raises(ConfigError, match="min-local-steps=5 applies to runs without DP only.*local-epochs"):
         RunConfig(task="sequence-rnn", dp=True, min_local_steps=5).validate()
-    with pytest.raises(ConfigError, match="min-local-steps=-2 must be >= 0"):
+    with pytest.raises(ConfigError, match="min-local-steps=-2 must be in 0..10000"):
         RunConfig(min_local_steps=-2).validate()
+    with pytest.raises(ConfigError, match="min-local-steps=100000 must be in 0..10000"):  # a runaway run
+        RunConfig(dp=False, min_local_steps=100_000).validate()
 
 
 def test_a_small_hospital_trains_whole_epochs_up_to_min_local_steps():

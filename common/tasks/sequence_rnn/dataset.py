@@ -207,6 +207,11 @@ def _beats(path: Path, x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, 
         x = x[..., None]
     if x.ndim != 3:
         raise DataError(f"{path}: 'x{suffix}' has shape {x.shape}, expected (N, T) or (N, T, features)")
+    if x.shape[1] == 1 and x.shape[2] > 1:
+        raise DataError(
+            f"{path}: 'x{suffix}' has shape {x.shape}: one time step of {x.shape[2]} features. Time runs along "
+            "axis 1, (N, T, features); a channels-first array (N, channels, T) needs np.transpose(x, (0, 2, 1))"
+        )
     if patients is not None and len(patients) != len(y):
         raise DataError(f"{path}: 'patients' has {len(patients)} entries but 'y' has {len(y)}; one per beat")
     return Samples(x, y, groups.astype(str).astype(object) if groups is not None else None,
