@@ -124,8 +124,11 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(three_rounds: Path, tm
 
     resumed, reference = read_metrics(out), read_metrics(three_rounds)
     keys = [(r["round"], r["hospital"], r["split"]) for r in resumed]
-    assert len(keys) == len(set(keys)) == len(reference), "every round once: continued, not duplicated"
     expected = {(r["round"], r["hospital"], r["split"]): r for r in reference}
+    resumed_card = json.loads((out / "model_card.json").read_text())
+    assert len(keys) == len(set(keys)) == len(reference), (  # seen once (17 of 18 rows): which row, and why
+        "every round once: continued, not duplicated", sorted(set(expected) - set(keys)),
+        [k for k in keys if keys.count(k) > 1], resumed_card.get("rejected_replies"), resumed_card.get("rounds_skipped"))
     for row in resumed:
         twin = expected[(row["round"], row["hospital"], row["split"])]
         # FedAvg/FedAdam sum the replies in arrival order, which can differ between
