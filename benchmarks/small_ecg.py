@@ -20,10 +20,8 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common.tasks.sequence_rnn.dataset import read_record  # noqa: E402
 from report import ROOT, write_section  # noqa: E402
+from simulate_run import simulate_and_score  # noqa: E402
 
 DS1 = ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122", "124", "201", "203", "205",
        "207", "208", "209", "215", "220", "223", "230")
@@ -62,19 +61,10 @@ def make_set(records_dir: Path, seed: int, size: int, path: Path) -> dict[str, f
 
 
 def run(data: Path, min_steps: int, out: Path) -> dict[str, float]:
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0"}
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fedward", "simulate", "--task", "sequence-rnn", "--data", str(data),
-                    "--no-dp", "--min-local-steps", str(min_steps), "--out", str(out)],
-                   cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    last = max(r["round"] for r in rows)
-    val = next(r for r in rows if r["round"] == last and r["hospital"] == "all" and r["split"] == "evaluate")
-    test = next(r for r in rows if r["round"] == last and r["hospital"] == "server")
-    steps = [r["steps"] for r in rows if r["split"] == "train" and r["round"] == last]
-    return {"val_balanced_accuracy": val["balanced_accuracy"], "val_auroc": val["auroc"],
-            "test_balanced_accuracy": test["balanced_accuracy"], "test_accuracy": test["accuracy"],
-            "test_auroc": test["auroc"], "steps_a_round": min(steps), "seconds": time.perf_counter() - start}
+    scores = simulate_and_score(["--task", "sequence-rnn", "--data", str(data), "--no-dp",
+                                 "--min-local-steps", str(min_steps)], out)
+    scores.pop("majority")  # the set's own baseline, from make_set
+    return scores
 
 
 def main() -> None:

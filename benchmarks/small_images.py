@@ -16,36 +16,23 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import ROOT, write_section  # noqa: E402
+from simulate_run import simulate_and_score  # noqa: E402
 
 KEYS = ["val_balanced_accuracy", "val_auroc", "test_balanced_accuracy", "test_accuracy", "test_auroc"]
 
 
 def run(data: Path, samples: int, seed: int, min_steps: int, out: Path, hospitals: int = 4,
         partition: str = "iid") -> dict[str, float]:
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0"}
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fedward", "simulate", "--task", "image-cnn", "--data", str(data),
-                    "--max-samples", str(samples), "--seed", str(seed),
-                    "--hospitals", str(hospitals), "--partition", partition, "--no-dp", "--min-local-steps", str(min_steps),
-                    "--out", str(out)], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    last = max(r["round"] for r in rows)
-    val = next(r for r in rows if r["round"] == last and r["hospital"] == "all" and r["split"] == "evaluate")
-    test = next(r for r in rows if r["round"] == last and r["hospital"] == "server")
-    steps = [r["steps"] for r in rows if r["split"] == "train" and r["round"] == last]
-    return {"val_balanced_accuracy": val["balanced_accuracy"], "val_auroc": val["auroc"],
-            "test_balanced_accuracy": test["balanced_accuracy"], "test_accuracy": test["accuracy"],
-            "test_auroc": test["auroc"], "majority": test["majority_baseline"], "steps_a_round": min(steps),
-            "seconds": time.perf_counter() - start}
+    return simulate_and_score(["--task", "image-cnn", "--data", str(data), "--max-samples", str(samples),
+                               "--seed", str(seed), "--hospitals", str(hospitals), "--partition", partition,
+                               "--no-dp", "--min-local-steps", str(min_steps)], out)
 
 
 def main() -> None:
