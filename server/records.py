@@ -107,7 +107,9 @@ class RunRecorder:
         parts = [f"round {row['round']}/{self.num_rounds}", f"{row['hospital']:<14}", f"{row['split']:<8}"]
         for f, label in (("loss", "loss"), ("balanced_accuracy", "bal.acc"), ("auroc", "auroc"),
                          ("accuracy", "accuracy"), ("majority_baseline", "majority"), ("epsilon", "epsilon")):
-            if isinstance(row[f], int | float):
+            if f == "epsilon" and row["split"] == "train" and row[f] == 0 and not row.get("noise_multiplier"):
+                parts.append("no DP")  # a train row without noise: "epsilon 0.000" read as a perfect guarantee
+            elif isinstance(row[f], int | float):
                 parts.append(f"{label} {row[f]:.3f}")
         if row["num_examples"] is not None:
             parts.append(f"n={int(row['num_examples'])}")

@@ -48,6 +48,8 @@ def test_heart_disease_natural_split_beats_majority_at_every_hospital(data_dir: 
     assert "federated (hospitals' held-out splits): balanced accuracy" in result.stdout, "the summary leads with it"
     hospital_line = next(line for line in result.stdout.splitlines() if line.strip().startswith("cleveland "))
     assert ("epsilon spent" in hospital_line) == dp and ("no DP" in hospital_line) != dp, hospital_line
+    train_lines = [line for line in result.stdout.splitlines() if "| cleveland" in line and "| train" in line]
+    assert len(train_lines) == 3 and all(("no DP" in line) != dp and ("epsilon" in line) == dp for line in train_lines)
     card = assert_run_directory(out, rounds=3)
     assert set(card["hospitals"]) == {"cleveland", "hungarian", "switzerland", "va"}
     config = RunConfig(data_path=str(heart), partition="natural")
