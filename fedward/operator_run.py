@@ -110,8 +110,11 @@ def out_dir_of(run_config: str) -> Path | None:
 
 
 def resume_hint(out_dir: Path | None) -> str:
-    """How to continue a failed run, only where it left checkpoints (a run refused for its config left none)."""
-    if out_dir is None or not (out_dir / "checkpoints").is_dir():
+    """How to continue a failed run, only where it can be resumed: the run began and wrote its run file
+    (a run refused for its config wrote nothing; `resume` would fail the same way)."""
+    from server.run_state import RUN_FILE
+
+    if out_dir is None or not (out_dir / RUN_FILE).is_file():
         return ""
     return f"; its checkpoints stay in {out_dir}: to continue it, run the same command with resume=true added to --run-config"
 

@@ -132,5 +132,6 @@ def test_fedward_run_offers_resume_only_where_the_run_left_checkpoints(tmp_path:
     from fedward.operator_run import resume_hint
 
     assert resume_hint(None) == "" and resume_hint(tmp_path / "never-created") == ""
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")  # what a run that began writes (server/run_state.py)
     assert "run the same command with resume=true" in resume_hint(tmp_path / "run")
