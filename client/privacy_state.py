@@ -38,7 +38,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from client.node_privacy import NodePrivacy
-from client.sent_rounds import SentRound, SentRounds, update_digest
+from client.sent_rounds import Attempt, SentRound, SentRounds, update_digest
 from common.class_prior import (
     HISTOGRAM_NOISE, LEDGER_ROUND, MAX_NOISE_INCREASE, histogram_entry, release, weights_from_release,
 )
@@ -89,6 +89,8 @@ class RunAccount:
         self.ledger = PrivacyLedger(privacy.ledger) if privacy.ledger else None
         self.sent = SentRounds(privacy.ledger, dataset.name, run_id) if privacy.ledger else None
         self._charge: Charge | None = None
+        self._attempt: Attempt | None = None
+        self._charges: list[Charge] = []
         self._round = 0
         past, self.prior_charged = self._past()
         steps = [h for i, h in enumerate(past) if not (self.prior_charged and i == self._prior_index)]
@@ -127,6 +129,7 @@ class RunAccount:
         self._prior_index = -1
         if self.ledger is not None:
             charges = self.ledger.run_charges(self.dataset.name, self.run_id, self.flwr_run_id)
+            self._charges = charges
             marked = [i for i, c in enumerate(charges) if c.round == PRIOR_ROUND]
             self._prior_index = marked[0] if marked else -1
             return history_of(charges), bool(marked)
@@ -155,12 +158,28 @@ class RunAccount:
         if labels is not None and self.releases_prior and not self.prior_charged:
             self._release_prior(labels, limits)
         if self.ledger is not None:
-            self._charge = self.ledger.reserve(
+            self._charge = self._unsent(server_round) or self.ledger.reserve(
                 self.dataset, self.run_id, server_round, self.noise, self.sample_rate,
                 self.steps_per_round, flwr_run_id=self.flwr_run_id, limits=limits,
             )
         return DPState(self.noise, self.config.max_grad_norm, self.delta, list(self.history),
                        class_weights=self._class_weights())
+
+    def _unsent(self, server_round: int) -> Charge | None:
+        """The round's own reservation, where an earlier attempt reserved it and ended before sending
+        anything (killed while training): trained again under it, not charged twice. Held from here
+        until settled, so no other attempt can train under it meanwhile."""
+        assert self.ledger is not None and self.sent is not None
+        self._attempt = self.sent.hold(server_round)
+        if self._attempt is None:  # a live attempt has the round: this one is charged on its own
+            return None
+        charge = self.ledger.unsent(self.dataset.name, self.run_id, server_round,
+                                    (self.noise, self.sample_rate, self.steps_per_round))
+        if charge is not None:
+            self.history = [h for c, h in zip(self._charges, history_of(self._charges)) if c.id != charge.id]
+            print(f"{self.dataset.name}: round {server_round} of run {self.run_id} was reserved by an attempt that "
+                  "ended before sending anything; training it again under that reservation", flush=True)
+        return charge
 
     def _class_weights(self) -> list[float] | None:
         """The training's class weights: from the run's released histogram (post-processing), or none."""
@@ -220,7 +239,7 @@ class RunAccount:
             if self.sent is not None and not masked:
                 self.sent.save(self._round, update, metrics, digest)
             self.ledger.settle(self._charge, digest)
-            self.ledger.close()
+            self.close()
         else:
             self._keep_in_context()
 
@@ -233,6 +252,9 @@ class RunAccount:
     def close(self) -> None:
         if self.ledger is not None:
             self.ledger.close()
+        if self._attempt is not None:  # after the ledger: a settled round is never trained under again
+            self._attempt.release()
+            self._attempt = None
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -15,10 +15,17 @@ again as it was (re-sending it to another subset of hospitals would let the
 server subtract sums and isolate it), so its replay trains anew and is charged.
 The newest `KEEP` rounds of each run are kept (a resume replays the one round
 that was in flight); an older round asked for again is trained and charged.
+
+Each attempt at a round holds an exclusive lock on `round-NNNNNN.lock` from its
+reservation until its update is settled (`hold`). The kernel drops the lock when
+the process ends, however it ends (SIGKILL included), so a reservation that is
+unsettled while nobody holds its lock belongs to an attempt that ended before
+anything left: the round asked for again may train under it (`client/privacy_state.py`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -82,11 +89,35 @@ class SentRounds:
         _fsync_dir(self.folder)
         self._prune()
 
+    def hold(self, server_round: int) -> Attempt | None:
+        """This process's exclusive hold on an attempt at the round, or None where a live attempt has it."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.folder / f"round-{server_round:06d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return Attempt(fd)
+
     def _prune(self) -> None:
         rounds = sorted(self.folder.glob("round-*.json"))
         for old in rounds[:-KEEP]:
             old.with_suffix(".npz").unlink(missing_ok=True)
+            old.with_suffix(".lock").unlink(missing_ok=True)
             old.unlink(missing_ok=True)
+
+
+class Attempt:
+    """A held attempt lock; `release` once the round's update is settled or the attempt gives up."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
 
 
 class _atomic:

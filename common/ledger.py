@@ -12,7 +12,9 @@ RDP accountant, refuses the round if it would pass the budget or the per-run
 cap, and otherwise inserts it; the commit is fsync'd (synchronous=FULL) before
 any update leaves. A reservation is never removed: a round trained and not sent
 stays counted (the ledger over-counts, never under). `settle` attaches the
-digest of the update that was sent.
+digest of the update that was sent. A reservation left unsettled by an attempt
+that ended (killed while training) is what the same round, asked for again,
+trains under (`unsent`): nothing was released under it, so no second charge.
 
 A *run*, for the per-run cap, is what the hospital can tell apart itself: the
 charges linked to this one by Flower's run id (from the message metadata) or
@@ -340,6 +342,20 @@ class PrivacyLedger:
             charge_id = int(cursor.lastrowid or 0)
         return Charge(charge_id, line.name, line.fingerprint, run_id, flwr_run_id, server_round,
                       noise, sample_rate, steps, None, now)
+
+    def unsent(self, line: str, run_id: str, server_round: int, step: tuple[float, float, int]) -> Charge | None:
+        """This run's reservation of the round that was never settled (nothing left under it) and that
+        charged exactly `step`, if any. Only the holder of the round's attempt lock may train under it
+        (client/sent_rounds.py): then the attempt that reserved it has ended."""
+        rows = self._db.execute(
+            f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE dataset = ? AND run_id = ? AND round = ? "
+            "AND update_digest IS NULL ORDER BY id DESC",
+            (self._line_name(line), run_id, server_round),
+        ).fetchall()
+        for charge in (Charge(*row) for row in rows):
+            if (charge.noise, charge.sample_rate, charge.steps) == step:
+                return charge
+        return None
 
     def settle(self, charge: Charge, update_digest: str) -> None:
         """Attach the digest of the update about to be sent (the audit trail of what left)."""

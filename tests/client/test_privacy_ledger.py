@@ -1,6 +1,9 @@
 """The hospital's privacy ledger seen through the ClientApp, as Flower calls it."""
 
 import re
+import signal
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -18,6 +21,7 @@ from common.training import batches_per_epoch
 from fedward.cli import main
 from fedward.ledger_view import summary
 from tests.client.test_client_app import initial
+from tests.conftest import PROJECT_ROOT
 
 SHAPE = (30,)  # builtin breast-cancer: 30 features, 2 classes
 
@@ -84,7 +88,7 @@ def test_a_resumed_round_replays_its_update_without_a_second_charge(tmp_path: Pa
     config = RunConfig(balanced_decision=False, num_server_rounds=2, epsilon=2.0)
     arrays = initial(config, SHAPE, 2)
     first = app(train_message(arrays, config, 1, "run-r"), hospital(ledger))
-    kept = sorted(p.name for p in (tmp_path / "ledger.sqlite.sent").rglob("round-*"))
+    kept = sorted(p.name for p in (tmp_path / "ledger.sqlite.sent").rglob("round-*") if p.suffix != ".lock")
     assert kept == ["round-000001.json", "round-000001.npz"], "a data format, never a pickle"
     # the server died before aggregating round 1; its resumed run (a new Flower run) asks again
     again = app(train_message(arrays, config, 1, "run-r", flwr_run=2), hospital(ledger))
@@ -103,6 +107,53 @@ def test_a_resumed_round_replays_its_update_without_a_second_charge(tmp_path: Pa
     with PrivacyLedger(ledger) as db:
         assert [c.round for c in db.charges("hospital-0")] == [1, 2]
         assert all(c.update_digest for c in db.charges("hospital-0")), "the digest of what left is on record"
+
+
+ATTEMPT = RunConfig(balanced_decision=False, num_server_rounds=2, epsilon=2.0)
+
+
+def _attempt(ledger: Path, mode: str) -> subprocess.Popen:
+    """tests/client/attempt_worker.py: round 1 of run-k reserved, then killed (`die`) or kept training (`hold`)."""
+    worker = subprocess.Popen([sys.executable, "-m", "tests.client.attempt_worker", str(ledger), mode],
+                              cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not Path(f"{ledger}.training").exists():
+        assert worker.poll() is None and time.monotonic() < deadline, "the attempt never reserved its round"
+        time.sleep(0.05)
+    return worker
+
+
+def test_a_round_killed_while_training_is_trained_again_under_its_own_reservation(tmp_path: Path):
+    """Killed after its reservation and before sending (a resumed run's round in flight): nothing left the
+    hospital, so the round asked for again trains under that reservation, charged once, where a second
+    charge would have cost the hospital its last round. While the first attempt lives, a second is charged."""
+    arrays = initial(ATTEMPT, SHAPE, 2)
+    killed = tmp_path / "killed" / "ledger.sqlite"
+    killed.parent.mkdir()
+    assert _attempt(killed, "die").wait(timeout=60) == -signal.SIGKILL
+    with PrivacyLedger(killed) as db:
+        (reserved,) = db.charges("hospital-0")
+        assert reserved.update_digest is None, "reserved, nothing sent"
+    again = app(train_message(arrays, ATTEMPT, 1, "run-k", flwr_run=2), hospital(killed))
+    assert not again.has_error() and "arrays" in again.content
+    with PrivacyLedger(killed) as db:
+        (charge,) = db.charges("hospital-0")
+        assert charge.id == reserved.id and charge.update_digest, "the same reservation, now settled"
+    metrics = again.content["metrics"]
+    one_round = epsilon_spent([(metrics["noise-multiplier"], reserved.sample_rate, metrics["steps"])], 1e-5)
+    assert metrics["epsilon"] == pytest.approx(one_round, abs=1e-9), "one round's epsilon, not two"
+
+    live = tmp_path / "live" / "ledger.sqlite"
+    live.parent.mkdir()
+    holder = _attempt(live, "hold")
+    try:
+        second = app(train_message(arrays, ATTEMPT, 1, "run-k", flwr_run=2), hospital(live))
+    finally:
+        Path(f"{live}.go").touch()
+        assert holder.wait(timeout=60) == 0, "the first attempt sent nothing"
+    assert "arrays" in second.content
+    with PrivacyLedger(live) as db:
+        assert len(db.charges("hospital-0")) == 2, "a live attempt may still send: the second is charged anew"
 
 
 def test_a_replay_whose_kept_copy_was_damaged_is_retrained_and_charged(tmp_path: Path):
