@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from common.config import LR_SCHEDULES, STRATEGY_NAMES, TASK_NAMES, RunConfig
 from common.errors import ConfigError, DataError, FedwardError
@@ -304,12 +306,32 @@ def simulate(args: argparse.Namespace) -> int:
           + (", secure aggregation (SecAgg+)" if config.secure_aggregation else "")
           + (f", resuming {config.out_dir}" if config.resume else ""),
           flush=True)
+    signal.signal(signal.SIGINT, lambda *_: interrupted(Path(config.out_dir)))
     out_dir = run_simulation(config, hospitals, args.cpus_per_hospital, args.gpus_per_hospital)
     card_path = out_dir / "model_card.json"
     if not card_path.exists():
         raise FedwardError(f"the run ended without a model card in {out_dir}; see the log above")
     print_summary(json.loads(card_path.read_text()), out_dir)
     return 0
+
+
+def interrupted(out_dir: Path) -> NoReturn:
+    """Ctrl-C during a simulation (SIGINT handler): say what is kept and leave now, with the shell's code
+    for SIGINT (130). A KeyboardInterrupt would hang: Flower's ServerApp thread (not a daemon) waits for
+    replies no hospital will send. Leaving at once also leaves that thread no time to record the round in
+    flight as failed (its hospitals die with the same Ctrl-C); Ray's processes share the driver's fate.
+    Every file fedward writes is replaced atomically, and a hospital killed while training trains that
+    round again under its own reservation (client/privacy_state.py): only the round in flight is lost."""
+    from server.run_state import RUN_FILE
+
+    kept = (f"{out_dir} keeps every round that finished: continue with fedward simulate --resume {out_dir}"
+            if (out_dir / RUN_FILE).is_file() else "the run had not started; nothing was saved")
+    try:
+        sys.stdout.flush()
+    except (OSError, RuntimeError):  # interrupted mid-write: the line may stay unfinished
+        pass
+    os.write(2, f"\nfedward: interrupted; {kept}\n".encode())
+    os._exit(130)
 
 
 def resumed_config(run_dir: Path) -> RunConfig:

@@ -107,21 +107,29 @@ def test_cumulative_epsilon_equals_one_accountant_over_all_steps(three_rounds: P
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_result(three_rounds: Path, tmp_path: Path):
+    """Ctrl-C in a terminal (SIGINT to the whole process group: the driver, Ray and its workers) after round
+    1: the command returns at once with the shell's code 130 and says how to continue. The resumed run is
+    then killed outright (SIGKILL) after round 2 and resumed again: every round once, as if uninterrupted."""
     out = tmp_path / "run"
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "fedward", "simulate", *THREE_ROUNDS, "--out", str(out)],
-                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    log = tmp_path / "interrupted.log"
+    proc = _started(*THREE_ROUNDS, "--out", str(out), log=log)
     try:
-        deadline = time.monotonic() + 300
-        while not (out / "checkpoints" / "round-0001.npz").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the run died before round 1 ended"
-            time.sleep(0.05)
-    finally:  # killed as round 2 starts (a round here takes a few seconds)
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver, Ray and its workers
-        proc.wait()
+        _wait_for(out / "checkpoints" / "round-0001.npz", proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)  # before 2026-12-07 it never returned
+    finally:
+        _kill(proc)
+    assert proc.returncode == 130, log.read_text()[-3000:]
+    assert f"continue with fedward simulate --resume {out}" in log.read_text(), log.read_text()[-3000:]
     assert not (out / "model_card.json").exists()
     _a_checkpoint_of_other_shapes_is_refused_before_any_round(out, tmp_path / "changed")
+
+    proc = _started("--resume", str(out), log=tmp_path / "killed.log")
+    try:  # killed as round 3 starts (a round here takes a few seconds)
+        _wait_for(out / "checkpoints" / "round-0002.npz", proc)
+    finally:
+        _kill(proc)  # the driver, Ray and its workers
+    assert not (out / "model_card.json").exists()
     simulate("--resume", str(out))
 
     resumed, reference = read_metrics(out), read_metrics(three_rounds)
@@ -148,6 +156,27 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(three_rounds: Path, tm
             # a class-histogram release as in the uninterrupted run (round -1, once per run), and the
             # interrupted round not charged twice
             assert charged == [-1] * releases[line.name] + [1, 2, 3], charged
+
+
+def _started(*args: str, log: Path) -> subprocess.Popen:
+    """In its own session, as a terminal's foreground job; its output in `log` (a pipe could fill and stall it)."""
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1"}
+    with log.open("w") as sink:
+        return subprocess.Popen([sys.executable, "-m", "fedward", "simulate", *args], cwd=PROJECT_ROOT, env=env,
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 300
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, f"the run died before {path.name} was written"
+        time.sleep(0.05)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _a_checkpoint_of_other_shapes_is_refused_before_any_round(killed: Path, copy: Path) -> None:
