@@ -104,6 +104,11 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         print("no hospital released its class histogram (an epsilon too small for it, see the hospitals' logs): "
               "decisions by argmax", flush=True)
     card = model_card(config, recorder.rows, recorder.rejections, extra, data.source if data else config.data_path)
+    card["model"] = {  # what a user needs to load final_model.pt (a state dict) and feed it
+        "architecture": config.model, "input_shape": list(input_shape), "num_classes": num_classes,
+        "weights": sum(int(a.numpy().size) for a in arrays.values()), "file": "final_model.pt",
+        "build": "common.tasks.get_task(task).build_model(input_shape, num_classes, RunConfig.from_mapping(config))",
+    }
     card["init_weights"] = init.card() if init is not None else None
     card["benefit"] = _benefit(benefit, card, task, config, out_dir, state.run_id, data, device)
     write_model_card(out_dir, card)

@@ -133,8 +133,12 @@ def test_image_cnn_run_uses_and_accounts_the_image_defaults(data_dir: Path, tmp_
     point = card["final_metrics"]["operating_point"]  # MedMNIST has a validation split: a cut chosen on it
     assert 0 < point["cut"] <= 1 and set(point["test"]) >= {"accuracy", "sensitivity", "specificity"}
     assert point["validation"]["balanced_accuracy"] >= 0.5, "Youden's cut is at least chance on its own split"
-    model = get_task("image-cnn").build_model((1, 28, 28), 2, RunConfig(task="image-cnn"))
+    spec = card["model"]  # what a user loads the final model with
+    assert (spec["architecture"], spec["input_shape"], spec["num_classes"]) == ("scatter", [1, 28, 28], 2), spec
+    model = get_task("image-cnn").build_model(tuple(spec["input_shape"]), spec["num_classes"],
+                                              RunConfig.from_mapping(card["config"]))
     model.load_state_dict(torch.load(out / "final_model.pt"))  # strict: no `_module.` keys
+    assert sum(w.numel() for w in model.state_dict().values()) == spec["weights"]
     saved = json.loads((out / "run.json").read_text())["config"]
     assert (saved["num-server-rounds"], saved["batch-size"], saved["max-grad-norm"]) == (3, 128, 0.1)
     rows = [r for r in read_metrics(out) if r["split"] == "train" and r["hospital"] != "all"]
