@@ -265,11 +265,15 @@ def check_before_start(config: RunConfig, hospitals: int) -> None:
         apply_init_weights(model, read_init_weights(config.init_weights))
     for hospital in range(hospitals):
         partition_index(data.train, config.partition_spec, hospitals, hospital, config.seed)
-    if (Path(config.out_dir) / "metrics.jsonl").exists():
-        raise FedwardError(f"{config.out_dir} already holds a run; choose another --out")
+    from server.run_state import RUN_FILE
+
+    if (Path(config.out_dir) / "metrics.jsonl").exists() or (Path(config.out_dir) / RUN_FILE).exists():
+        raise FedwardError(f"{config.out_dir} already holds a run; choose another --out, or continue that run "
+                           f"with fedward simulate --resume {config.out_dir}")
 
 
 def simulate(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGINT, lambda *_: interrupted(None))  # until the run has a folder
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from client.hospital import SIMULATED_NODE_CONFIG
     from common.tasks import resolve
@@ -306,7 +310,7 @@ def simulate(args: argparse.Namespace) -> int:
           + (", secure aggregation (SecAgg+)" if config.secure_aggregation else "")
           + (f", resuming {config.out_dir}" if config.resume else ""),
           flush=True)
-    signal.signal(signal.SIGINT, lambda *_: interrupted(Path(config.out_dir)))
+    signal.signal(signal.SIGINT, lambda *_: interrupted(Path(config.out_dir)))  # the run's folder from here
     out_dir = run_simulation(config, hospitals, args.cpus_per_hospital, args.gpus_per_hospital)
     card_path = out_dir / "model_card.json"
     if not card_path.exists():
@@ -315,23 +319,56 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def interrupted(out_dir: Path) -> NoReturn:
-    """Ctrl-C during a simulation (SIGINT handler): say what is kept and leave now, with the shell's code
-    for SIGINT (130). A KeyboardInterrupt would hang: Flower's ServerApp thread (not a daemon) waits for
-    replies no hospital will send. Leaving at once also leaves that thread no time to record the round in
-    flight as failed (its hospitals die with the same Ctrl-C); Ray's processes share the driver's fate.
-    Every file fedward writes is replaced atomically, and a hospital killed while training trains that
-    round again under its own reservation (client/privacy_state.py): only the round in flight is lost."""
+def interrupted(out_dir: Path | None) -> NoReturn:
+    """Ctrl-C during `fedward simulate` (its SIGINT handler): stop the whole simulation now, say what is
+    kept, and leave with the shell's code for SIGINT (130).
+
+    A KeyboardInterrupt would hang: Flower's ServerApp thread (not a daemon) waits for replies no
+    hospital will send. Ray's workers and agents are this process's descendants and are killed first,
+    so no hospital goes on training the round in flight (Ray's agents would linger for a minute) and
+    the ServerApp thread has no time to record that round as failed. Every file fedward writes is
+    replaced atomically; a hospital killed while training trains the round again under its own
+    reservation on resume (client/privacy_state.py), and one that had sent it sends the same update."""
+    _kill_descendants()
     from server.run_state import RUN_FILE
 
-    kept = (f"{out_dir} keeps every round that finished: continue with fedward simulate --resume {out_dir}"
-            if (out_dir / RUN_FILE).is_file() else "the run had not started; nothing was saved")
+    if out_dir is None or not (out_dir / RUN_FILE).is_file():
+        kept = "the run had not started; nothing was saved"
+    else:
+        done = sorted((out_dir / "checkpoints").glob("round-*.npz"))
+        last = int(done[-1].stem.split("-")[1]) if done else 0
+        kept = (f"{out_dir} keeps {'round 1' if last == 1 else f'rounds 1-{last}'}; continue with "
+                if done else f"no round had finished; to start it again with the same settings: ") \
+            + f"fedward simulate --resume {out_dir}"
     try:
         sys.stdout.flush()
     except (OSError, RuntimeError):  # interrupted mid-write: the line may stay unfinished
         pass
     os.write(2, f"\nfedward: interrupted; {kept}\n".encode())
     os._exit(130)
+
+
+def _kill_descendants() -> None:
+    """SIGKILL every process below this one (Ray's raylet, workers and agents; Linux /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    below, queue = [], list(parents.get(os.getpid(), []))
+    while queue:
+        pid = queue.pop()
+        below.append(pid)
+        queue.extend(parents.get(pid, []))
+    for pid in below:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def resumed_config(run_dir: Path) -> RunConfig:

@@ -121,6 +121,10 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(three_rounds: Path, tm
         _kill(proc)
     assert proc.returncode == 130, log.read_text()[-3000:]
     assert f"continue with fedward simulate --resume {out}" in log.read_text(), log.read_text()[-3000:]
+    deadline = time.monotonic() + 10  # Ray's workers and agents too (its agents lingered for a minute)
+    while _alive_in_session(proc.pid):
+        assert time.monotonic() < deadline, [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in _alive_in_session(proc.pid)]
+        time.sleep(0.2)
     assert not (out / "model_card.json").exists()
     _a_checkpoint_of_other_shapes_is_refused_before_any_round(out, tmp_path / "changed")
 
@@ -171,6 +175,19 @@ def _wait_for(path: Path, proc: subprocess.Popen) -> None:
     while not path.exists():
         assert proc.poll() is None and time.monotonic() < deadline, f"the run died before {path.name} was written"
         time.sleep(0.05)
+
+
+def _alive_in_session(sid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, _ppid, _pgrp, session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+            except (OSError, ValueError):
+                continue
+            if int(session) == sid and state != "Z":
+                found.append(int(entry.name))
+    return found
 
 
 def _kill(proc: subprocess.Popen) -> None:
