@@ -165,15 +165,19 @@ def _train(content: RecordDict, context: Context, flwr_run_id: int, masked: bool
     start = time.perf_counter()
     try:
         outcome = task.train(model, hospital.train, hospital.num_classes, this_round, dp, pick_device(), seed)
-    except BaseException:
+    except Exception:
+        if account:  # the reservation stays, never trained under again: a failure may depend on the data
+            account.abandon()
+        raise
+    except BaseException:  # interrupted (Ctrl-C): like a kill, the round may train again under its reservation
         if account:
-            account.close()  # the reservation stays: the ledger over-counts, never under
+            account.close()
         raise
     seconds = time.perf_counter() - start
     update = to_arrays(model)
     epsilon = account.epsilon_after() if account else 0.0
     if account and dp is not None and epsilon_spent(dp.history, account.delta) > epsilon + 1e-6:
-        account.close()  # the training's own accountant says more than the ledger will: send nothing
+        account.abandon()  # the training's own accountant says more than the ledger will: send nothing
         raise FedwardError("internal: the round spent more privacy than was reserved for it; nothing was sent")
     # No statistic of the training data leaves un-noised: no training loss (it revealed membership
     # through a crafted model), the planned steps rather than the realised ones (which count empty

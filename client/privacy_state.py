@@ -158,22 +158,22 @@ class RunAccount:
         if labels is not None and self.releases_prior and not self.prior_charged:
             self._release_prior(labels, limits)
         if self.ledger is not None:
-            self._charge = self._unsent(server_round) or self.ledger.reserve(
+            self._charge = self._retaken(server_round) or self.ledger.reserve(
                 self.dataset, self.run_id, server_round, self.noise, self.sample_rate,
                 self.steps_per_round, flwr_run_id=self.flwr_run_id, limits=limits,
             )
         return DPState(self.noise, self.config.max_grad_norm, self.delta, list(self.history),
                        class_weights=self._class_weights())
 
-    def _unsent(self, server_round: int) -> Charge | None:
-        """The round's own reservation, where an earlier attempt reserved it and ended before sending
-        anything (killed while training): trained again under it, not charged twice. Held from here
+    def _retaken(self, server_round: int) -> Charge | None:
+        """The round's own reservation, where an earlier attempt reserved it and was killed before sending
+        anything: trained again under it, not charged twice (once; `PrivacyLedger.retake`). Held from here
         until settled, so no other attempt can train under it meanwhile."""
         assert self.ledger is not None and self.sent is not None
         self._attempt = self.sent.hold(server_round)
         if self._attempt is None:  # a live attempt has the round: this one is charged on its own
             return None
-        charge = self.ledger.unsent(self.dataset.name, self.run_id, server_round,
+        charge = self.ledger.retake(self.dataset.name, self.run_id, server_round,
                                     (self.noise, self.sample_rate, self.steps_per_round))
         if charge is not None:
             self.history = [h for c, h in zip(self._charges, history_of(self._charges)) if c.id != charge.id]
@@ -248,6 +248,12 @@ class RunAccount:
             "history": history_to_json(self.history), "prior-charged": self.prior_charged,
             "prior": json.dumps(self.prior) if self.prior is not None else "",
         })
+
+    def abandon(self) -> None:
+        """Training failed with an error: the round stays charged and is never trained under again."""
+        if self.ledger is not None and self._charge is not None:
+            self.ledger.abandon(self._charge)
+        self.close()
 
     def close(self) -> None:
         if self.ledger is not None:

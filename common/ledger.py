@@ -13,8 +13,10 @@ cap, and otherwise inserts it; the commit is fsync'd (synchronous=FULL) before
 any update leaves. A reservation is never removed: a round trained and not sent
 stays counted (the ledger over-counts, never under). `settle` attaches the
 digest of the update that was sent. A reservation left unsettled by an attempt
-that ended (killed while training) is what the same round, asked for again,
-trains under (`unsent`): nothing was released under it, so no second charge.
+that was killed while training is what the same round, asked for again, trains
+under (`retake`, once): nothing was released under it, so no second
+charge. A round whose training failed with an error is marked (`abandon`) and
+charged again if asked for: a failure the server sees may depend on the data.
 
 A *run*, for the per-run cap, is what the hospital can tell apart itself: the
 charges linked to this one by Flower's run id (from the message metadata) or
@@ -82,6 +84,9 @@ DROP TABLE charges_v1;
 DROP TABLE datasets_v1;
 UPDATE meta SET value = '2' WHERE key = 'version'
 """
+# update_digest of a round that has sent nothing (yet): never trained under again
+ABANDONED = "none: training failed, nothing sent"
+RETAKEN = "none yet: trained again after its attempt was killed"
 _CHARGE_COLUMNS = "id, dataset, fingerprint, run_id, flwr_run_id, round, noise, sample_rate, steps, update_digest, created"
 
 
@@ -343,19 +348,29 @@ class PrivacyLedger:
         return Charge(charge_id, line.name, line.fingerprint, run_id, flwr_run_id, server_round,
                       noise, sample_rate, steps, None, now)
 
-    def unsent(self, line: str, run_id: str, server_round: int, step: tuple[float, float, int]) -> Charge | None:
-        """This run's reservation of the round that was never settled (nothing left under it) and that
-        charged exactly `step`, if any. Only the holder of the round's attempt lock may train under it
-        (client/sent_rounds.py): then the attempt that reserved it has ended."""
-        rows = self._db.execute(
-            f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE dataset = ? AND run_id = ? AND round = ? "
-            "AND update_digest IS NULL ORDER BY id DESC",
-            (self._line_name(line), run_id, server_round),
-        ).fetchall()
-        for charge in (Charge(*row) for row in rows):
-            if (charge.noise, charge.sample_rate, charge.steps) == step:
-                return charge
+    def retake(self, line: str, run_id: str, server_round: int, step: tuple[float, float, int]) -> Charge | None:
+        """The run's reservation of the round that was never settled (its attempt died before anything
+        left) and charged exactly `step`, taken over by the caller, once: it is marked RETAKEN until
+        settled, so a round whose attempts keep dying is charged anew from the second death on. Only the
+        holder of the round's attempt lock may call this (client/sent_rounds.py): then the attempt that
+        reserved it has ended."""
+        with self._transaction():
+            rows = self._db.execute(
+                f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE dataset = ? AND run_id = ? AND round = ? "
+                "AND update_digest IS NULL ORDER BY id DESC",
+                (self._line_name(line), run_id, server_round),
+            ).fetchall()
+            for charge in (Charge(*row) for row in rows):
+                if (charge.noise, charge.sample_rate, charge.steps) == step:
+                    self._db.execute("UPDATE charges SET update_digest = ? WHERE id = ?", (RETAKEN, charge.id))
+                    return charge
         return None
+
+    def abandon(self, charge: Charge) -> None:
+        """A round whose training failed (an error, not a kill): it stays charged and is never trained
+        under again, since whether training fails may depend on the data and the server sees it."""
+        with self._transaction():
+            self._db.execute("UPDATE charges SET update_digest = ? WHERE id = ?", (ABANDONED, charge.id))
 
     def settle(self, charge: Charge, update_digest: str) -> None:
         """Attach the digest of the update about to be sent (the audit trail of what left)."""

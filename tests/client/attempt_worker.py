@@ -1,10 +1,11 @@
-"""A hospital's attempt at round 1 of run "run-k" that sends nothing, for the reservation tests.
+"""A hospital's attempts at round 1 of run "run-k" that send nothing, for the reservation tests.
 
-    python -m tests.client.attempt_worker LEDGER die|hold
+    python -m tests.client.attempt_worker LEDGER MODE[,MODE...]
 
-Once its round is reserved it touches LEDGER.training; then `die` kills itself
-(SIGKILL) while training, and `hold` trains until LEDGER.go exists (a live
-attempt) and then fails without sending.
+One attempt per mode, in this process: `fail` raises an error in training;
+`die` kills the process (SIGKILL) while training; `hold` touches LEDGER.training
+once its round is reserved, trains until LEDGER.go exists (a live attempt), then
+fails without sending.
 """
 
 import dataclasses
@@ -20,20 +21,23 @@ from tests.client.test_privacy_ledger import ATTEMPT, SHAPE, hospital, train_mes
 
 
 def main() -> int:
-    ledger, mode = Path(sys.argv[1]), sys.argv[2]
+    ledger, modes = Path(sys.argv[1]), sys.argv[2].split(",")
     real = client_app.get_task
+    for mode in modes:
+        def training(*args, mode=mode, **kwargs):  # type: ignore[no-untyped-def]
+            if mode == "die":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if mode == "hold":
+                Path(f"{ledger}.training").touch()
+                while not Path(f"{ledger}.go").exists():
+                    time.sleep(0.02)
+            raise RuntimeError("stopped before sending")
 
-    def training(*args, **kwargs):  # type: ignore[no-untyped-def]
-        Path(f"{ledger}.training").touch()
-        if mode == "die":
-            os.kill(os.getpid(), signal.SIGKILL)
-        while not Path(f"{ledger}.go").exists():
-            time.sleep(0.02)
-        raise RuntimeError("stopped before sending")
-
-    client_app.get_task = lambda name: dataclasses.replace(real(name), train=training)
-    reply = client_app.app(train_message(initial(ATTEMPT, SHAPE, 2), ATTEMPT, 1, "run-k"), hospital(ledger))
-    return 0 if reply.has_error() else 1
+        client_app.get_task = lambda name, training=training: dataclasses.replace(real(name), train=training)
+        reply = client_app.app(train_message(initial(ATTEMPT, SHAPE, 2), ATTEMPT, 1, "run-k"), hospital(ledger))
+        if not reply.has_error():
+            return 1
+    return 0
 
 
 if __name__ == "__main__":

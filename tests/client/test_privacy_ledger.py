@@ -14,7 +14,7 @@ from opacus.accountants import RDPAccountant
 
 from client.app import app
 from common.config import RunConfig
-from common.ledger import PrivacyLedger
+from common.ledger import ABANDONED, PrivacyLedger
 from common.privacy import epsilon_spent
 from common.tasks import resolve
 from common.training import batches_per_epoch
@@ -112,48 +112,58 @@ def test_a_resumed_round_replays_its_update_without_a_second_charge(tmp_path: Pa
 ATTEMPT = RunConfig(balanced_decision=False, num_server_rounds=2, epsilon=2.0)
 
 
-def _attempt(ledger: Path, mode: str) -> subprocess.Popen:
-    """tests/client/attempt_worker.py: round 1 of run-k reserved, then killed (`die`) or kept training (`hold`)."""
-    worker = subprocess.Popen([sys.executable, "-m", "tests.client.attempt_worker", str(ledger), mode],
-                              cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not Path(f"{ledger}.training").exists():
-        assert worker.poll() is None and time.monotonic() < deadline, "the attempt never reserved its round"
-        time.sleep(0.05)
-    return worker
+def _attempts(ledger: Path, modes: str) -> subprocess.Popen:
+    """tests/client/attempt_worker.py: attempts at round 1 of run-k that fail, die or hold; none sends."""
+    ledger.parent.mkdir(exist_ok=True)
+    return subprocess.Popen([sys.executable, "-m", "tests.client.attempt_worker", str(ledger), modes],
+                            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _charges(ledger: Path) -> list:
+    with PrivacyLedger(ledger) as db:
+        return db.charges("hospital-0")
 
 
 def test_a_round_killed_while_training_is_trained_again_under_its_own_reservation(tmp_path: Path):
     """Killed after its reservation and before sending (a resumed run's round in flight): nothing left the
-    hospital, so the round asked for again trains under that reservation, charged once, where a second
-    charge would have cost the hospital its last round. While the first attempt lives, a second is charged."""
+    hospital, so the round asked for again trains under that reservation, where a second charge would have
+    cost the hospital its last round. Not so for a round whose training failed with an error (whether it
+    fails may depend on the data, and the server sees it), for a second death of the same round, or while
+    the first attempt lives: each of those is charged anew."""
     arrays = initial(ATTEMPT, SHAPE, 2)
-    killed = tmp_path / "killed" / "ledger.sqlite"
-    killed.parent.mkdir()
-    assert _attempt(killed, "die").wait(timeout=60) == -signal.SIGKILL
-    with PrivacyLedger(killed) as db:
-        (reserved,) = db.charges("hospital-0")
-        assert reserved.update_digest is None, "reserved, nothing sent"
-    again = app(train_message(arrays, ATTEMPT, 1, "run-k", flwr_run=2), hospital(killed))
+    step = lambda c: (c.noise, c.sample_rate, c.steps)  # noqa: E731
+    # an error, then a kill: the error's charge stays spent, the killed one is trained under again
+    ledger = tmp_path / "failed-then-killed" / "ledger.sqlite"
+    assert _attempts(ledger, "fail,die").wait(timeout=120) == -signal.SIGKILL
+    failed, killed = _charges(ledger)
+    assert failed.update_digest == ABANDONED and killed.update_digest is None, "nothing sent under either"
+    again = app(train_message(arrays, ATTEMPT, 1, "run-k", flwr_run=2), hospital(ledger))
     assert not again.has_error() and "arrays" in again.content
-    with PrivacyLedger(killed) as db:
-        (charge,) = db.charges("hospital-0")
-        assert charge.id == reserved.id and charge.update_digest, "the same reservation, now settled"
-    metrics = again.content["metrics"]
-    one_round = epsilon_spent([(metrics["noise-multiplier"], reserved.sample_rate, metrics["steps"])], 1e-5)
-    assert metrics["epsilon"] == pytest.approx(one_round, abs=1e-9), "one round's epsilon, not two"
+    assert [(c.id, c.update_digest not in (None, ABANDONED)) for c in _charges(ledger)] == \
+        [(failed.id, False), (killed.id, True)], "the killed attempt's reservation, now settled; no third"
+    assert again.content["metrics"]["epsilon"] == pytest.approx(
+        epsilon_spent([step(failed), step(killed)], 1e-5), abs=1e-9), "two reservations' epsilon, not three"
 
-    live = tmp_path / "live" / "ledger.sqlite"
-    live.parent.mkdir()
-    holder = _attempt(live, "hold")
+    # killed twice: the second death is charged anew
+    ledger = tmp_path / "killed-twice" / "ledger.sqlite"
+    for _ in range(2):
+        assert _attempts(ledger, "die").wait(timeout=120) == -signal.SIGKILL
+    app(train_message(arrays, ATTEMPT, 1, "run-k", flwr_run=2), hospital(ledger))
+    assert len(_charges(ledger)) == 2
+
+    # a live attempt may still send: a second attempt meanwhile is charged on its own
+    ledger = tmp_path / "live" / "ledger.sqlite"
+    holder = _attempts(ledger, "hold")
     try:
-        second = app(train_message(arrays, ATTEMPT, 1, "run-k", flwr_run=2), hospital(live))
+        deadline = time.monotonic() + 120
+        while not Path(f"{ledger}.training").exists():
+            assert holder.poll() is None and time.monotonic() < deadline, "the attempt never reserved its round"
+            time.sleep(0.05)
+        second = app(train_message(arrays, ATTEMPT, 1, "run-k", flwr_run=2), hospital(ledger))
     finally:
-        Path(f"{live}.go").touch()
+        Path(f"{ledger}.go").touch()
         assert holder.wait(timeout=60) == 0, "the first attempt sent nothing"
-    assert "arrays" in second.content
-    with PrivacyLedger(live) as db:
-        assert len(db.charges("hospital-0")) == 2, "a live attempt may still send: the second is charged anew"
+    assert "arrays" in second.content and len(_charges(ledger)) == 2
 
 
 def test_a_replay_whose_kept_copy_was_damaged_is_retrained_and_charged(tmp_path: Path):
