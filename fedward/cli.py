@@ -286,6 +286,11 @@ def simulate(args: argparse.Namespace) -> int:
                                f"{', '.join(ignored)} would be ignored: drop {'it' if len(ignored) == 1 else 'them'}, or start a new run without --resume")
         config = resolve(resumed_config(args.resume))  # a run.json written before task defaults: 0 -> default
         hospitals = config.min_hospitals
+        if all((args.resume / name).is_file() for name in ("model_card.json", "report.png")):  # written last
+            print(f"fedward: {args.resume} finished all {config.num_server_rounds} rounds; nothing to resume",
+                  flush=True)
+            print_summary(json.loads((args.resume / "model_card.json").read_text()), args.resume)
+            return 0
     else:
         try:
             config = resolve(config_from_args(args))

@@ -160,6 +160,11 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(three_rounds: Path, tm
             # a class-histogram release as in the uninterrupted run (round -1, once per run), and the
             # interrupted round not charged twice
             assert charged == [-1] * releases[line.name] + [1, 2, 3], charged
+    # resumed once more, the finished run says so and changes nothing (no Ray started)
+    before = (out / "metrics.jsonl").read_bytes()
+    again = simulate("--resume", str(out))
+    assert f"{out} finished all 3 rounds; nothing to resume" in again.stdout, again.stdout[-2000:]
+    assert (out / "metrics.jsonl").read_bytes() == before
 
 
 def _started(*args: str, log: Path) -> subprocess.Popen:
