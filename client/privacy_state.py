@@ -176,7 +176,7 @@ class RunAccount:
         charge = self.ledger.retake(self.dataset.name, self.run_id, server_round,
                                     (self.noise, self.sample_rate, self.steps_per_round))
         if charge is not None:
-            self.history = [h for c, h in zip(self._charges, history_of(self._charges)) if c.id != charge.id]
+            self.history = history_of([c for c in self._charges if c.id != charge.id])
             print(f"{self.dataset.name}: round {server_round} of run {self.run_id} was reserved by an attempt that "
                   "ended before sending anything; training it again under that reservation", flush=True)
         return charge

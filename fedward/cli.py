@@ -335,15 +335,15 @@ def interrupted(out_dir: Path | None) -> NoReturn:
     replaced atomically; a hospital killed while training trains the round again under its own
     reservation on resume (client/privacy_state.py), and one that had sent it sends the same update."""
     _kill_descendants()
-    from server.run_state import RUN_FILE
+    from server.run_state import RUN_FILE, latest_checkpoint
 
     if out_dir is None or not (out_dir / RUN_FILE).is_file():
         kept = "the run had not started; nothing was saved"
     else:
-        done = sorted((out_dir / "checkpoints").glob("round-*.npz"))
-        last = int(done[-1].stem.split("-")[1]) if done else 0
+        checkpoint = latest_checkpoint(out_dir)  # round-NNNN.npz
+        last = int(checkpoint.stem.split("-")[1]) if checkpoint else 0
         kept = (f"{out_dir} keeps {'round 1' if last == 1 else f'rounds 1-{last}'}; continue with "
-                if done else f"no round had finished; to start it again with the same settings: ") \
+                if last else "no round had finished; to start it again with the same settings: ") \
             + f"fedward simulate --resume {out_dir}"
     try:
         sys.stdout.flush()
