@@ -26,11 +26,13 @@ $(STAMP): pyproject.toml
 simulate: $(STAMP)
 	$(BIN)/fedward simulate --task tabular --hospitals 4 --partition iid --rounds 5 --epsilon 3 --out runs/simulate-$$(date +%Y%m%d-%H%M%S)
 
+# Two workers, one test file each at a time (a file's module fixtures run once): the
+# federation tests spend much of their time waiting on rounds and heartbeats.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -rs --durations=15
+	$(BIN)/python -m pytest -q -rs --durations=15 -n 2 --dist loadfile
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -rs -m "not slow"
+	$(BIN)/python -m pytest -q -rs -m "not slow" -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -14,8 +14,9 @@ import pytest
 
 from client.hospital import hospital_data
 from common.config import RunConfig
-from common.ledger import PrivacyLedger
+from common.ledger import PrivacyLedger, history_of
 from common.metrics import majority_baseline
+from common.privacy import epsilon_spent
 from tests.deploy.loopback import BIN, LoopbackFederation, free_port
 
 pytestmark = pytest.mark.slow
@@ -31,47 +32,12 @@ def federation(tmp_path: Path):
         fed.stop_all()
 
 
-def start_three(fed: LoopbackFederation, data_dir: Path) -> None:
-    fed.make_certs(*HOSPITALS)
-    fed.start_superlink()
-    for name in HOSPITALS:
-        fed.register(name)
-        fed.start_node(name, data_dir / "heart_disease_uci" / f"processed.{name}.data")
-    fed.wait_online(3)
-
-
 def finish(fed: LoopbackFederation, process: subprocess.Popen, timeout: float) -> None:
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         raise AssertionError("run did not finish in time:\n" + fed.log("run")[-4000:]) from None
     assert process.returncode == 0, fed.log("run")[-4000:]
-
-
-def test_three_hospitals_over_tls_with_node_auth(federation: LoopbackFederation, data_dir: Path, tmp_path: Path):
-    """DP and secure aggregation (SecAgg+) together, as a consortium would run them; the
-    plain train path over TLS is the one the dropout test below takes."""
-    start_three(federation, data_dir)
-    out = tmp_path / "run"
-    run = federation.run(f'data-path="" num-server-rounds=3 epsilon=3.0 min-hospitals=3 secure-aggregation=true '
-                         f'round-timeout=300 out-dir="{out}"')
-    finish(federation, run, timeout=600)
-    log = federation.log("run")  # the streamed ServerApp log may repeat lines
-    assert "Secure aggregation completed" in log and "Secure aggregation halted" not in log
-    card = json.loads((out / "model_card.json").read_text())
-    assert set(card["hospitals"]) == set(HOSPITALS)
-    for name, info in card["hospitals"].items():
-        assert info["rounds_trained"] == [1, 2, 3] and 0 < info["epsilon_spent"] <= 3.01, name
-    # The global model beats always predicting each hospital's majority class.
-    baselines, sizes = [], []
-    for name in HOSPITALS:
-        path = data_dir / "heart_disease_uci" / f"processed.{name}.data"
-        hospital = hospital_data(RunConfig(), {"data-path": str(path)})
-        baselines.append(majority_baseline(hospital.train.y, hospital.test.y))
-        sizes.append(len(hospital.test))
-    federated = card["final_metrics"]["federated_evaluation"]
-    assert federated["accuracy"] > np.average(baselines, weights=sizes) + 0.05
-    assert "run finished" in federation.log("run")
 
 
 def test_unregistered_key_and_wrong_ca_are_refused(federation: LoopbackFederation, data_dir: Path, tmp_path: Path):
@@ -125,20 +91,54 @@ def wait_for(path: Path, run: subprocess.Popen, fed: LoopbackFederation, timeout
         time.sleep(0.2)
 
 
-def test_server_killed_and_resumed_then_a_hospital_killed_the_run_completes(
+def test_secure_aggregation_then_server_killed_and_resumed_then_a_hospital_killed(
     federation: LoopbackFederation, data_dir: Path, tmp_path: Path,
 ):
-    """Two faults in one federation (one set-up, which is most of the cost):
-    round 2 under way: the SuperLink and its ServerApp are SIGKILLed, the SuperLink is
-    restarted on its state database and the run resumed (resume=true); round 3: a
-    hospital's SuperNode is SIGKILLed and the run finishes without it, within round-timeout."""
+    """Three hospitals over TLS with node authentication, two runs in one federation (its
+    set-up is most of the cost).
+
+    1. DP and secure aggregation (SecAgg+) together, as a consortium would run them: every
+       hospital trains every round and the global model beats each hospital's majority class.
+    2. The plain train path under two faults: round 2 under way, the SuperLink and its
+       ServerApp are SIGKILLed, the SuperLink is restarted on its state database and the run
+       resumed (resume=true); round 3: a hospital's SuperNode is SIGKILLed and the run
+       finishes without it, within round-timeout."""
     federation.make_certs(*HOSPITALS)
     federation.start_superlink()
-    for name in HOSPITALS:
+    ledgers = {name: tmp_path / f"{name}-ledger.sqlite" for name in HOSPITALS}
+    for name in HOSPITALS:  # two runs of epsilon 3 each: the per-window cap must allow both
         federation.register(name)
         federation.start_node(name, data_dir / "heart_disease_uci" / f"processed.{name}.data", False,
-                              "--ledger", str(tmp_path / f"{name}-ledger.sqlite"), "--epsilon-budget", "10")
+                              "--ledger", str(ledgers[name]), "--epsilon-budget", "10", "--run-epsilon-cap", "6")
     federation.wait_online(3)
+
+    # 1. DP + SecAgg+
+    out = tmp_path / "secure-run"
+    run = federation.run(f'data-path="" num-server-rounds=2 epsilon=3.0 min-hospitals=3 secure-aggregation=true '
+                         f'round-timeout=300 out-dir="{out}"')
+    finish(federation, run, timeout=600)
+    log = federation.log("run")  # the streamed ServerApp log may repeat lines
+    assert "Secure aggregation completed" in log and "Secure aggregation halted" not in log
+    assert "run finished" in log
+    card = json.loads((out / "model_card.json").read_text())
+    assert set(card["hospitals"]) == set(HOSPITALS)
+    for name, info in card["hospitals"].items():
+        assert info["rounds_trained"] == [1, 2] and 0 < info["epsilon_spent"] <= 3.01, name
+    baselines, sizes = [], []
+    for name in HOSPITALS:
+        path = data_dir / "heart_disease_uci" / f"processed.{name}.data"
+        hospital = hospital_data(RunConfig(), {"data-path": str(path)})
+        baselines.append(majority_baseline(hospital.train.y, hospital.test.y))
+        sizes.append(len(hospital.test))
+    federated = card["final_metrics"]["federated_evaluation"]
+    assert federated["accuracy"] > np.average(baselines, weights=sizes) + 0.05
+    first_run: dict[str, set[int]] = {}
+    for name in HOSPITALS:
+        with PrivacyLedger(ledgers[name]) as ledger:
+            (line,) = ledger.datasets()
+            first_run[name] = {c.id for c in ledger.charges(line.fingerprint)}
+
+    # 2. Server killed in round 2, resumed; a hospital killed in round 3
     out = tmp_path / "run"
     settings = f'data-path="" num-server-rounds=3 epsilon=3.0 min-hospitals=2 round-timeout=20 out-dir="{out}"'
     run = federation.run(settings)
@@ -168,10 +168,11 @@ def test_server_killed_and_resumed_then_a_hospital_killed_the_run_completes(
     assert trained == {"cleveland": [1, 2, 3], "hungarian": [1, 2, 3], "va": [1, 2]}, trained
     assert 3 in card["hospitals"]["va"]["rounds_missed"]
     for name in HOSPITALS:
-        with PrivacyLedger(tmp_path / f"{name}-ledger.sqlite") as ledger:
+        with PrivacyLedger(ledgers[name]) as ledger:
             (line,) = ledger.datasets()
-            charged = [c.round for c in ledger.charges(line.fingerprint)]
+            this_run = [c for c in ledger.charges(line.fingerprint) if c.id not in first_run[name]]
+            charged = [c.round for c in this_run]
             assert charged == sorted(set(charged)) and set(trained[name]) <= set(charged), (name, charged)
-            if charged[-1] == trained[name][-1]:  # the card's last epsilon is the ledger's total
-                assert ledger.spent(line.fingerprint, line.delta) == pytest.approx(
+            if charged[-1] == trained[name][-1]:  # the card's last epsilon is this run's ledger total
+                assert epsilon_spent(history_of(this_run), line.delta) == pytest.approx(
                     card["hospitals"][name]["epsilon_spent"], abs=1e-9)
