@@ -83,14 +83,15 @@ def beats(records: tuple[str, ...], normal_per_record: int, seed: int) -> Sample
     return Samples(np.concatenate(xs), np.concatenate(ys), np.concatenate(groups))
 
 
-def scores(model: torch.nn.Module, test: Samples, prior: np.ndarray | None = None) -> dict[str, float | str]:
-    """DS2 scores of the model's decisions: argmax, or with `prior` the balanced rule on it
+def scores(model: torch.nn.Module, test: Samples, prior: np.ndarray | None = None,
+           tau: float = 1.0) -> dict[str, float | str]:
+    """DS2 scores of the model's decisions: argmax, or with `prior` the balanced rule on it at `tau`
     (common/class_prior.py); each class's recall (sensitivity) and positive predictivity."""
     proba = predict_proba(model, test.x, CPU)
-    decided = adjust(proba, prior) if prior is not None else proba
+    decided = adjust(proba, prior, tau) if prior is not None else proba
     result = scores_of(test.y, decided)
     both = per_class(test.y, decided)
-    return {"rule": "balanced" if prior is not None else "argmax",
+    return {"rule": "argmax" if prior is None else "balanced" if tau == 1 else f"balanced, tau {tau:g}",
             "accuracy": result["accuracy"], "macro_f1": result["macro-f1"], "auroc": result["auroc"],
             "always_N": float((test.y == 0).mean()),
             **{f"recall_{c}": r for c, r in zip(AAMI_CLASSES, both["recall"], strict=True)},
@@ -123,10 +124,12 @@ def federated(config: RunConfig) -> list[dict[str, float | str]]:
     model = get_task(config.task).build_model(data.input_shape, data.num_classes, config)
     model.load_state_dict(run.weights)
     section = run.card["final_metrics"].get("class_prior")
-    priors = [None] + ([np.array(section["prior"])] if section else [])
-    return [{**scores(model, data.test, prior), "epsilon_spent": run.epsilon_max,
+    # argmax; the balanced rule at tau 1; and, where the task's tau differs, at its tau (same run)
+    rules = [(None, 1.0)] + ([(np.array(section["prior"]), t) for t in sorted({1.0, section["tau"]})]
+                             if section else [])
+    return [{**scores(model, data.test, prior, tau), "epsilon_spent": run.epsilon_max,
              **({"prior": [round(p, 4) for p in section["prior"]]} if prior is not None else {})}
-            for prior in priors]
+            for prior, tau in rules]
 
 
 def main() -> None:
@@ -213,7 +216,8 @@ def main() -> None:
               "The waveform alone gave: centralised 0.393 / "
               "F1 0.159 / AUROC 0.605, FedAvg 0.606 / 0.234 / 0.626, centralised eps 3 0.572 / 0.188 / 0.508, "
               "FedAvg eps 3 0.790 / 0.226 / 0.639. rule: argmax, or (DP federated runs, balanced-decision=true) "
-              "the balanced rule argmax_c log p_c - log prior_c on the hospitals' summed DP class histograms "
+              "the balanced rule argmax_c log p_c - tau log prior_c (tau 1; 'balanced, tau X': the task's tau, "
+              "balanced-tau, since 2026-12-07) on the hospitals' summed DP class histograms "
               "(common/class_prior.py; each hospital's histogram + N(0, 10^2) per class, charged in its "
               "epsilon), scored on the same run's model; ppv: positive predictivity. Since session 8 the model is torch's LSTM with fedward's "
               "per-sample gradients (before: Opacus's DPLSTM, same function and initialisation scheme, 6-9x "

@@ -42,7 +42,7 @@ FLOOR = 1e-3  # the smallest prior a class may get: a noisy count below it is cl
 MIN_WEIGHTING_TOTAL = 500.0
 MAX_NOISE_INCREASE = 0.05  # a hospital releases only where that raises its DP-SGD noise by <= 5%
 LEDGER_ROUND = -1  # the round number a privacy ledger records the release under
-RULE = "post-hoc logit adjustment (Menon et al. 2021): argmax_c log p_c - log prior_c"
+RULE = "post-hoc logit adjustment (Menon et al. 2021): argmax_c log p_c - tau log prior_c"
 
 
 def histogram_entry() -> tuple[float, float, int]:
@@ -109,11 +109,14 @@ def trained_histogram(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(counts, dtype=np.float64), 0.0, None) * np.asarray(weights, dtype=np.float64)
 
 
-def adjust(proba: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """Probabilities whose argmax is the balanced decision: softmax(log p - log prior)."""
+def adjust(proba: np.ndarray, prior: np.ndarray, tau: float = 1.0) -> np.ndarray:
+    """Probabilities whose argmax is the balanced decision: softmax(log p - tau log prior).
+
+    tau = 1 is the Bayes rule for the balanced error; Menon et al. 2021 also tune tau on held-out data:
+    above 1 it favours the rare classes further (a task's `balanced_tau`, chosen on validation data)."""
     if len(proba) == 0:
         return proba
-    logits = np.log(np.clip(proba, 1e-12, 1.0)) - np.log(np.asarray(prior, dtype=np.float64))
+    logits = np.log(np.clip(proba, 1e-12, 1.0)) - tau * np.log(np.asarray(prior, dtype=np.float64))
     logits -= logits.max(axis=1, keepdims=True)
     shifted = np.exp(logits)
     return shifted / shifted.sum(axis=1, keepdims=True)

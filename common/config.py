@@ -9,6 +9,7 @@ wrong types and impossible values with the key named.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +112,8 @@ class RunConfig:
     # Under DP, each hospital releases its noisy class histogram once per run (charged in its account) and
     # the server scores decisions by the balanced rule on that prior (common/class_prior.py); false: argmax.
     balanced_decision: bool = True
+    # the balanced rule's tau (argmax_c log p_c - tau log prior_c); 0: the task's default (common/tasks/base.py)
+    balanced_tau: float = 0.0
     min_hospitals: int = 2
     round_timeout: float = 600.0
     min_replies: int = 1  # fewer usable train replies: the round is skipped (model kept)
@@ -202,6 +205,8 @@ class RunConfig:
             raise ConfigError(
                 f"class-weighting={self.class_weighting!r} must be auto (the task's recipe), true or false"
             )
+        if self.balanced_tau < 0 or not math.isfinite(self.balanced_tau):
+            raise ConfigError(f"balanced-tau={self.balanced_tau} must be > 0 (or 0 for the task's default)")
         if self.server_momentum != -1 and not 0 <= self.server_momentum < 1:
             raise ConfigError(
                 f"server-momentum={self.server_momentum} must be in [0, 1) (0: plain FedAvg) or -1 for the task's default"

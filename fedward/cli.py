@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-balanced-decision", action="store_true",
                      help="under DP: no class-histogram release, the server decides by argmax (run config "
                           "balanced-decision=false)")
+    sim.add_argument("--balanced-tau", type=float, default=0.0,
+                     help="the balanced rule's tau, argmax log p - tau log prior (0, the default: the task's, "
+                          "sequence-rnn 1.25, otherwise 1)")
     sim.add_argument("--no-prior-correction", action="store_true",
                      help="evaluate the global model as is, not adapted to each hospital's label prior")
     sim.add_argument("--test-fraction", type=float, default=0.25,
@@ -243,6 +246,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         server_momentum=args.server_momentum,
         records_per_patient=args.records_per_patient,
         prior_correction=not args.no_prior_correction, balanced_decision=not args.no_balanced_decision,
+        balanced_tau=args.balanced_tau,
         test_fraction=args.test_fraction, min_hospitals=args.hospitals, seed=args.seed, bad_files=args.bad_files,
         secure_aggregation=args.secure_aggregation,
         central_dp_noise=args.central_dp_noise, central_dp_clip=args.central_dp_clip,
@@ -559,7 +563,9 @@ def print_summary(card: dict, out_dir: Path) -> None:
     print(f"federated (hospitals' held-out splits): {_headline(fed)}")
     central = final.get("central_evaluation")
     if central:
-        rule = " (balanced decision rule on the hospitals' DP class prior)" if final.get("class_prior") else ""
+        prior = final.get("class_prior")
+        tau = f", tau {prior.get('tau', 1):g}" if prior and prior.get("tau", 1) != 1 else ""
+        rule = f" (balanced decision rule on the hospitals' DP class prior{tau})" if prior else ""
         print(f"central test split{rule}: {_headline(central)}")
     for key in ("tstr-accuracy", "trtr-accuracy", "tstr-ratio", "fd", "fd-real", "fd-ratio"):
         if key in final:

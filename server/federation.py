@@ -79,7 +79,8 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         if central is not None and central.test is not None:
             t0 = time.perf_counter()
             load_arrays(model, arrays)
-            scores = (balanced_scores(model, central.test, global_prior(list(priors.values())), device) if priors
+            scores = (balanced_scores(model, central.test, global_prior(list(priors.values())), device,
+                                      config.balanced_tau) if priors
                       else task.evaluate(model, central.test, device))  # the balanced rule where a prior came
             scores.update(num_examples=len(central.test), seconds=time.perf_counter() - t0)
             recorder.write(server_round, "server", "central", {k.replace("-", "_"): v for k, v in scores.items()})
@@ -99,7 +100,8 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
                   f"accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, specificity "
                   f"{t['specificity']:.3f}", flush=True)
     if priors:
-        extra["class_prior"] = prior_section(model, priors, central.test if central is not None else None, device)
+        extra["class_prior"] = prior_section(model, priors, central.test if central is not None else None, device,
+                                             config.balanced_tau)
     elif priors is not None and not config.secure_aggregation:
         print("no hospital released its class histogram (an epsilon too small for it, see the hospitals' logs): "
               "decisions by argmax", flush=True)

@@ -8,7 +8,8 @@ is applied unchanged to the central test split; the test split chooses nothing.
 
 Under DP, where hospitals released their noisy class histograms (common/class_prior.py),
 the server's decisions (its per-round central evaluation, the model card) are by the
-balanced rule: argmax_c log p_c - log prior_c on the summed prior.
+balanced rule: argmax_c log p_c - tau log prior_c on the summed prior (tau: run setting
+balanced-tau, the task's default where 0).
 """
 
 from __future__ import annotations
@@ -68,27 +69,28 @@ def received_priors(replies: list[Message], num_classes: int) -> dict[str, np.nd
 
 
 def balanced_scores(
-    model: nn.Module, test: Samples, prior: np.ndarray | None, device: torch.device,
+    model: nn.Module, test: Samples, prior: np.ndarray | None, device: torch.device, tau: float = 1.0,
 ) -> dict[str, float]:
     """Loss and common.metrics of the model's decisions on `test`: by the balanced rule on `prior`
-    (common/class_prior.py `adjust`), or by argmax where there is no prior."""
+    (common/class_prior.py `adjust`, its tau), or by argmax where there is no prior."""
     proba = predict_proba(model, test.x, device)
-    return scores_of(test.y, adjust(proba, prior) if prior is not None else proba)
+    return scores_of(test.y, adjust(proba, prior, tau) if prior is not None else proba)
 
 
 def prior_section(
-    model: nn.Module, priors: dict[str, np.ndarray], test: Samples | None, device: torch.device,
+    model: nn.Module, priors: dict[str, np.ndarray], test: Samples | None, device: torch.device, tau: float = 1.0,
 ) -> dict[str, Any]:
     """The model card's `class_prior`: the global prior, where it came from, the rule, and (where the
     server holds a test split) each class's recall and positive predictivity by argmax and by the rule."""
     prior = global_prior(list(priors.values()))
     section: dict[str, Any] = {
-        "prior": [float(p) for p in prior], "hospitals": sorted(priors), "rule": RULE,
+        "prior": [float(p) for p in prior], "hospitals": sorted(priors), "rule": RULE, "tau": tau,
         "release": f"each hospital's training class histogram + N(0, {HISTOGRAM_NOISE:g}^2) per class, once per "
                    f"run, charged in its DP account; a hospital that trained class-weighted on it (sequence-rnn) "
                    f"counts as its histogram times its training-weights; summed, each class at least {FLOOR:g}",
     }
     if test is not None and len(test):
         proba = predict_proba(model, test.x, device)
-        section["test"] = {"argmax": per_class(test.y, proba), "balanced": per_class(test.y, adjust(proba, prior))}
+        section["test"] = {"argmax": per_class(test.y, proba),
+                           "balanced": per_class(test.y, adjust(proba, prior, tau))}
     return section

@@ -115,7 +115,7 @@ def model_card(
 
 
 # settings that only mean something when the hospitals train with DP
-DP_ONLY_SETTINGS = ("epsilon", "delta", "max-grad-norm", "records-per-patient", "balanced-decision")
+DP_ONLY_SETTINGS = ("epsilon", "delta", "max-grad-norm", "records-per-patient", "balanced-decision", "balanced-tau")
 
 
 def _card_config(config: RunConfig) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def get_task(name: str) -> Task:
 def resolve(config: RunConfig) -> RunConfig:
     """The config with the task's defaults filled in where a setting is 0 ("the task's default"):
     lr, batch-size, max-grad-norm, num-server-rounds, an empty model, class-weighting=auto,
-    lr-schedule=auto, min-local-steps=-1 and server-momentum=-1 (common/tasks/base.py). Idempotent; an
+    lr-schedule=auto, min-local-steps=-1, server-momentum=-1 and balanced-tau=0 (common/tasks/base.py). Idempotent; an
     explicit value is kept. Everything that trains, plans DP steps, accounts or reports reads
     the resolved config."""
     task = get_task(config.task)
@@ -52,6 +52,8 @@ def resolve(config: RunConfig) -> RunConfig:
         unset["lr_schedule"] = task.dp_lr_schedule if config.dp else task.lr_schedule
     if config.min_local_steps == -1:
         unset["min_local_steps"] = 0 if config.dp else task.min_local_steps
+    if config.balanced_tau == 0:
+        unset["balanced_tau"] = task.balanced_tau
     if config.server_momentum == -1:  # FedAvgM only on a plain FedAvg mean (central DP noises that one)
         plain = config.strategy != "fedavg" or config.central_dp_noise > 0
         unset["server_momentum"] = 0.0 if plain else task.dp_server_momentum if config.dp else task.server_momentum

@@ -63,6 +63,8 @@ class Task:
     # under DP with the class histogram released (balanced-decision=true): each hospital weights its
     # training by class (common/class_prior.py `training_weights`, applied after clipping)
     balanced_training: bool = False
+    # what balanced-tau=0 means: the balanced decision rule's tau (common/class_prior.py `adjust`)
+    balanced_tau: float = 1.0
     # without DP, what run setting class-weighting=auto means: inverse-frequency class weights in the loss
     class_weighting: bool = True
     # with strategy fedavg and no central DP, what server-momentum=-1 means (0: plain FedAvg; > 0: FedAvgM),

@@ -68,6 +68,21 @@ def test_the_balanced_rule_turns_the_skewed_prior_back():
     assert global_prior([np.array([5.0, -20.0])])[1] > 0, "a noisy negative count gets the floor"
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.001, 0.999), min_size=1, max_size=30), st.floats(0.01, 0.49),
+       st.floats(0.0, 3.0), st.floats(0.0, 3.0))
+def test_a_larger_tau_calls_the_rare_class_wherever_a_smaller_one_did(p_rare, rare_prior, tau_a, tau_b):
+    """balanced-tau: tau 0 is the argmax, tau 1 the Bayes rule for the balanced error, and raising tau
+    only adds calls of the rarer class (what a task's tau chosen on validation data trades)."""
+    proba = np.column_stack([1 - np.array(p_rare), p_rare])
+    prior = np.array([1 - rare_prior, rare_prior])
+    low, high = sorted((tau_a, tau_b))
+    called = {tau: adjust(proba, prior, tau).argmax(axis=1) == 1 for tau in (low, high)}
+    assert not (called[low] & ~called[high]).any()
+    assert (adjust(proba, prior, 0.0).argmax(axis=1) == proba.argmax(axis=1)).all()
+    assert np.allclose(adjust(proba, prior, 1.0), adjust(proba, prior))
+
+
 def test_training_weights_bring_a_common_class_down_to_an_even_share_and_never_exceed_1():
     from common.class_prior import trained_histogram, training_weights
 

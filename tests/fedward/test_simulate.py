@@ -228,9 +228,10 @@ def test_sequence_rnn_on_mitbih_records(mitbih_subset: Path, tmp_path: Path):
     out = tmp_path / "run"
     simulate("--task", "sequence-rnn", "--data", str(mitbih_subset), "--hospitals", "2",
              "--partition", "natural", "--rounds", "2", "--max-samples", "600", "--model", "gru",
-             "--out", str(out))
+             "--balanced-tau", "1.5", "--out", str(out))
     card = assert_run_directory(out, rounds=2)
     assert card["config"]["model"] == "gru"
+    assert card["config"]["balanced-tau"] == 1.5 and card["final_metrics"]["class_prior"]["tau"] == 1.5
     assert all(r["macro_f1"] is not None for r in read_metrics(out) if r["split"] == "evaluate")
 
 
