@@ -158,6 +158,8 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         config = dataclasses.replace(self, **changes)
+        if "balanced_tau" not in changes and not (config.dp and config.balanced_decision):
+            config = dataclasses.replace(config, balanced_tau=0.0)  # a derived run without the rule (no DP)
         config.validate()
         return config
 
@@ -206,7 +208,15 @@ class RunConfig:
                 f"class-weighting={self.class_weighting!r} must be auto (the task's recipe), true or false"
             )
         if self.balanced_tau < 0 or not math.isfinite(self.balanced_tau):
-            raise ConfigError(f"balanced-tau={self.balanced_tau} must be > 0 (or 0 for the task's default)")
+            raise ConfigError(
+                f"balanced-tau={self.balanced_tau} must be a finite number > 0 (or 0 for the task's default)"
+            )
+        if self.balanced_tau and not (self.dp and self.balanced_decision):
+            raise ConfigError(
+                f"balanced-tau={self.balanced_tau} is the balanced rule's tau, which applies only under DP with "
+                f"balanced-decision=true; this run has {'no DP' if not self.dp else 'balanced-decision=false'}: "
+                f"leave it out"
+            )
         if self.server_momentum != -1 and not 0 <= self.server_momentum < 1:
             raise ConfigError(
                 f"server-momentum={self.server_momentum} must be in [0, 1) (0: plain FedAvg) or -1 for the task's default"

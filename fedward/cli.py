@@ -204,7 +204,10 @@ def flags_ignored_by_resume(args: argparse.Namespace) -> list[str]:
 
 # run-config keys whose `fedward simulate` flag has another name; (key, value) -> the flag that sets it
 _FLAG_NAMES = {"num-server-rounds": "--rounds", "data-path": "--data", "min-hospitals": "--hospitals", "out-dir": "--out"}
-_SWITCHES = {("secure-aggregation", "true"): "--secure-aggregation"}  # the one switch a setting error names
+# the switches a setting error names
+_SWITCHES = {("secure-aggregation", "true"): "--secure-aggregation",
+             ("balanced-decision", "false"): "--no-balanced-decision",
+             ("balanced-decision", "true"): "the balanced rule (no --no-balanced-decision)"}
 _SETTING = re.compile(r"(?<![\w-])([a-z][a-z0-9-]*)=('[^']*'|[^\s,;:)]+)")
 
 
@@ -564,7 +567,7 @@ def print_summary(card: dict, out_dir: Path) -> None:
     central = final.get("central_evaluation")
     if central:
         prior = final.get("class_prior")
-        tau = f", tau {prior.get('tau', 1):g}" if prior and prior.get("tau", 1) != 1 else ""
+        tau = f", tau {prior.get('tau', 1):g}" if prior else ""
         rule = f" (balanced decision rule on the hospitals' DP class prior{tau})" if prior else ""
         print(f"central test split{rule}: {_headline(central)}")
     for key in ("tstr-accuracy", "trtr-accuracy", "tstr-ratio", "fd", "fd-real", "fd-ratio"):

@@ -36,6 +36,7 @@ def resolve(config: RunConfig) -> RunConfig:
     lr-schedule=auto, min-local-steps=-1, server-momentum=-1 and balanced-tau=0 (common/tasks/base.py). Idempotent; an
     explicit value is kept. Everything that trains, plans DP steps, accounts or reports reads
     the resolved config."""
+    config.validate()  # before replace() below derives anything from it (a setting the run cannot use)
     task = get_task(config.task)
     defaults = {
         "lr": task.default_dp_lr if config.dp else task.default_lr,
@@ -52,7 +53,7 @@ def resolve(config: RunConfig) -> RunConfig:
         unset["lr_schedule"] = task.dp_lr_schedule if config.dp else task.lr_schedule
     if config.min_local_steps == -1:
         unset["min_local_steps"] = 0 if config.dp else task.min_local_steps
-    if config.balanced_tau == 0:
+    if config.balanced_tau == 0 and config.dp and config.balanced_decision:  # else the rule never applies
         unset["balanced_tau"] = task.balanced_tau
     if config.server_momentum == -1:  # FedAvgM only on a plain FedAvg mean (central DP noises that one)
         plain = config.strategy != "fedavg" or config.central_dp_noise > 0

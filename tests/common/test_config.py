@@ -33,7 +33,9 @@ def test_strings_from_the_command_line_are_coerced():
         ({"epsilon": "inf"}, "must be a finite number"),
         ({"class-weighting": "sometimes"}, "class-weighting='sometimes' must be auto"),
         ({"server-momentum": 1.0}, "server-momentum=1.0 must be in [0, 1)"),
-        ({"balanced-tau": -1}, "balanced-tau=-1.0 must be > 0 (or 0 for the task's default)"),
+        ({"balanced-tau": -1}, "balanced-tau=-1.0 must be a finite number > 0 (or 0 for the task's default)"),
+        ({"balanced-tau": 2, "dp": False}, "balanced-tau=2.0 is the balanced rule's tau, which applies only under DP"),
+        ({"balanced-tau": 2, "balanced-decision": False}, "this run has balanced-decision=false: leave it out"),
         ({"server-momentum": 0.5, "strategy": "fedprox"}, "server-momentum=0.5 applies to strategy fedavg only"),
         ({"server-momentum": 0.5, "central-dp-noise": 1.0}, "server-momentum > 0 cannot go with central-dp-noise"),
     ],
@@ -86,6 +88,7 @@ def test_task_defaults_without_dp_give_image_cnn_fedavgm_without_class_weights_a
     assert resolve(RunConfig(task="sequence-rnn")).balanced_tau == 1.25  # the balanced rule's tau
     assert resolve(RunConfig(task="tabular")).balanced_tau == 1.0
     assert resolve(RunConfig(task="sequence-rnn", balanced_tau=1.0)).balanced_tau == 1.0
+    assert resolve(RunConfig(task="sequence-rnn", dp=False)).balanced_tau == 0  # no rule: nothing to fill in
     assert resolve(RunConfig(task="image-cnn", dp=False, strategy="fedprox")).server_momentum == 0.0
     assert resolve(RunConfig(task="image-cnn", dp=False, central_dp_noise=1.0)).server_momentum == 0.0
     explicit = resolve(RunConfig(task="image-cnn", dp=False, class_weighting="true", server_momentum=0.0))

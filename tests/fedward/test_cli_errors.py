@@ -32,6 +32,9 @@ def run(capsys, *args: str) -> tuple[int, str]:
         (["--central-dp-noise", "1", "--secure-aggregation"], "cannot go with --secure-aggregation: the server clips"),
         (["--test-fraction", "2"], "--test-fraction 2.0 must be in (0, 1)"),
         (["--class-weighting", "true", "--no-class-weighting"], "--no-class-weighting contradicts --class-weighting true"),
+        (["--balanced-tau", "inf"], "--balanced-tau inf must be a finite number > 0 (or 0 for the task's default)"),
+        (["--balanced-tau", "2", "--no-dp"], "--balanced-tau 2.0 is the balanced rule's tau, which applies only under DP"),
+        (["--balanced-tau", "2", "--no-balanced-decision"], "this run has --no-balanced-decision: leave it out"),
     ],
 )
 def test_bad_settings(capsys, args, message):

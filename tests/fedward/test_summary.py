@@ -12,8 +12,10 @@ def card(**final: object) -> dict:
 
 
 def test_central_line_names_the_balanced_rule_only_when_it_scored(capsys, tmp_path: Path):
-    print_summary(card(class_prior={"prior": [0.5, 0.5]}), tmp_path)
-    assert "central test split (balanced decision rule on the hospitals' DP class prior):" in capsys.readouterr().out
+    print_summary(card(class_prior={"prior": [0.5, 0.5]}), tmp_path)  # a card from before balanced-tau: tau 1
+    assert "central test split (balanced decision rule on the hospitals' DP class prior, tau 1):" in capsys.readouterr().out
+    print_summary(card(class_prior={"prior": [0.5, 0.5], "tau": 1.25}), tmp_path)
+    assert "(balanced decision rule on the hospitals' DP class prior, tau 1.25):" in capsys.readouterr().out
     print_summary(card(), tmp_path)
     out = capsys.readouterr().out
     assert "central test split:" in out and "balanced decision rule" not in out
