@@ -42,6 +42,10 @@ FLOOR = 1e-3  # the smallest prior a class may get: a noisy count below it is cl
 MIN_WEIGHTING_TOTAL = 500.0
 MAX_NOISE_INCREASE = 0.05  # a hospital releases only where that raises its DP-SGD noise by <= 5%
 LEDGER_ROUND = -1  # the round number a privacy ledger records the release under
+# the server decides by the rule only where the summed noisy histogram totals at least this many standard
+# deviations of one class's summed noise (HISTOGRAM_NOISE x sqrt(hospitals)); below, its shares are mostly noise
+# (a few patients per hospital under patient-level DP) and the rule would chase it: decisions by argmax
+MIN_PRIOR_SNR = 10.0
 RULE = "post-hoc logit adjustment (Menon et al. 2021): argmax_c log p_c - tau log prior_c"
 
 
@@ -67,6 +71,14 @@ def release(
 ) -> np.ndarray:
     """The noisy histogram a hospital sends: `unit_histogram` plus N(0, HISTOGRAM_NOISE^2) per class."""
     return unit_histogram(y, num_classes, patients) + rng.normal(0.0, HISTOGRAM_NOISE, size=num_classes)
+
+
+def reliable(histograms: list[np.ndarray]) -> bool:
+    """Whether the summed noisy histograms total at least MIN_PRIOR_SNR x their per-class noise."""
+    if not histograms:
+        return False
+    total = float(np.clip(np.sum(np.asarray(histograms, dtype=np.float64), axis=0), 0.0, None).sum())
+    return total >= MIN_PRIOR_SNR * HISTOGRAM_NOISE * math.sqrt(len(histograms))
 
 
 def global_prior(histograms: list[np.ndarray]) -> np.ndarray:

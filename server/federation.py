@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from common.class_prior import global_prior
+from common.class_prior import MIN_PRIOR_SNR, global_prior, reliable
 from common.config import EVALUATE_FIRST, RunConfig
 from common.data import TaskData
 from common.device import pick_device
@@ -80,7 +80,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
             t0 = time.perf_counter()
             load_arrays(model, arrays)
             scores = (balanced_scores(model, central.test, global_prior(list(priors.values())), device,
-                                      config.balanced_tau) if priors
+                                      config.balanced_tau) if priors and reliable(list(priors.values()))
                       else task.evaluate(model, central.test, device))  # the balanced rule where a prior came
             scores.update(num_examples=len(central.test), seconds=time.perf_counter() - t0)
             recorder.write(server_round, "server", "central", {k.replace("-", "_"): v for k, v in scores.items()})
@@ -99,7 +99,12 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
             print(f"operating point chosen on the validation split: P(class 1) >= {point['cut']:.4f}; test "
                   f"accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, specificity "
                   f"{t['specificity']:.3f}", flush=True)
-    if priors:
+    if priors and not reliable(list(priors.values())):
+        total = float(np.clip(np.sum(list(priors.values()), axis=0), 0, None).sum())
+        print(f"the hospitals' noisy class histograms total {total:.0f} units, fewer than {MIN_PRIOR_SNR:g} times "
+              f"their noise: the prior would be mostly noise, so decisions are by argmax (fewer units, e.g. a few "
+              f"patients per hospital under patient-level DP)", flush=True)
+    elif priors:
         extra["class_prior"] = prior_section(model, priors, central.test if central is not None else None, device,
                                              config.balanced_tau)
     elif priors is not None and not config.secure_aggregation:

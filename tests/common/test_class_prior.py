@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 
-from common.class_prior import HISTOGRAM_NOISE, adjust, global_prior, histogram_entry, unit_histogram
+from common.class_prior import HISTOGRAM_NOISE, adjust, global_prior, histogram_entry, reliable, unit_histogram
 from common.privacy import calibrate_noise
 
 CLASSES = 4
@@ -81,6 +81,19 @@ def test_a_larger_tau_calls_the_rare_class_wherever_a_smaller_one_did(p_rare, ra
     assert not (called[low] & ~called[high]).any()
     assert (adjust(proba, prior, 0.0).argmax(axis=1) == proba.argmax(axis=1)).all()
     assert np.allclose(adjust(proba, prior, 1.0), adjust(proba, prior))
+
+
+def test_a_prior_of_a_few_patients_is_not_relied_on_and_one_of_hundreds_of_records_is():
+    """Under patient-level DP two hospitals of two patients release class fractions summing to ~4 units
+    under noise of 10 per class: the rule would chase the noise. 2 x 110 records is enough."""
+    rng = np.random.default_rng(0)
+    few = [unit_histogram(np.array([0, 0, 1, 2]), CLASSES, np.array(["a", "a", "b", "b"]))
+           + rng.normal(0, HISTOGRAM_NOISE, CLASSES) for _ in range(2)]
+    assert not reliable(few)
+    many = [unit_histogram(rng.integers(0, CLASSES, 110), CLASSES) + rng.normal(0, HISTOGRAM_NOISE, CLASSES)
+            for _ in range(2)]
+    assert reliable(many)
+    assert not reliable([])
 
 
 def test_training_weights_bring_a_common_class_down_to_an_even_share_and_never_exceed_1():
