@@ -73,12 +73,14 @@ def release(
     return unit_histogram(y, num_classes, patients) + rng.normal(0.0, HISTOGRAM_NOISE, size=num_classes)
 
 
+def prior_total(histograms: list[np.ndarray]) -> float:
+    """The units the summed noisy histograms hold (negative classes counted as 0)."""
+    return float(np.clip(np.sum(np.asarray(histograms, dtype=np.float64), axis=0), 0.0, None).sum())
+
+
 def reliable(histograms: list[np.ndarray]) -> bool:
     """Whether the summed noisy histograms total at least MIN_PRIOR_SNR x their per-class noise."""
-    if not histograms:
-        return False
-    total = float(np.clip(np.sum(np.asarray(histograms, dtype=np.float64), axis=0), 0.0, None).sum())
-    return total >= MIN_PRIOR_SNR * HISTOGRAM_NOISE * math.sqrt(len(histograms))
+    return bool(histograms) and prior_total(histograms) >= MIN_PRIOR_SNR * HISTOGRAM_NOISE * math.sqrt(len(histograms))
 
 
 def global_prior(histograms: list[np.ndarray]) -> np.ndarray:

@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from common.class_prior import MIN_PRIOR_SNR, global_prior, reliable
+from common.class_prior import MIN_PRIOR_SNR, global_prior, prior_total, reliable
 from common.config import EVALUATE_FIRST, RunConfig
 from common.data import TaskData
 from common.device import pick_device
@@ -100,8 +100,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
                   f"accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, specificity "
                   f"{t['specificity']:.3f}", flush=True)
     if priors and not reliable(list(priors.values())):
-        total = float(np.clip(np.sum(list(priors.values()), axis=0), 0, None).sum())
-        print(f"the hospitals' noisy class histograms total {total:.0f} units, fewer than {MIN_PRIOR_SNR:g} times "
+        print(f"the hospitals' noisy class histograms total {prior_total(list(priors.values())):.0f} units, fewer than {MIN_PRIOR_SNR:g} times "
               f"their noise: the prior would be mostly noise, so decisions are by argmax (fewer units, e.g. a few "
               f"patients per hospital under patient-level DP)", flush=True)
     elif priors:
