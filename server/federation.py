@@ -29,7 +29,7 @@ from common.data import TaskData
 from common.device import pick_device
 from common.errors import DataError, FedwardError
 from common.serialization import load_arrays, to_arrays
-from common.tasks import get_task, load_data
+from common.tasks import get_task, load_data, resolve
 from server import central_dp
 from server.benefit import card_section, shared_rows, table_rows, write_benefit
 from server.exchange import send_and_receive
@@ -44,6 +44,7 @@ from server.strategies import build_strategy, weighted_nanmean
 
 
 def run_federation(grid: Grid, config: RunConfig) -> Path:
+    config = resolve(config)  # the task's defaults (idempotent): e.g. balanced-tau 0 would decide by argmax
     init = read_init_weights(config.init_weights) if config.init_weights else None  # before anything is sent
     state = start(config)  # a new run directory, or the last checkpoint of a killed run
     config, out_dir = state.config, Path(state.config.out_dir)

@@ -50,6 +50,7 @@ def test_a_dp_run_decides_by_the_noisy_prior_and_finds_more_of_the_rare_class(tm
     out = run_federation(grid, config)
     section = json.loads((out / "model_card.json").read_text())["final_metrics"]["class_prior"]
     assert len(section["hospitals"]) == 2 and section["rule"].startswith("post-hoc logit adjustment")
+    assert section["tau"] == 1.0, "tabular's tau: the Bayes rule for the balanced error"
     prior = np.array(section["prior"])
     held_out = load_data(RunConfig(task="tabular", data_path=str(held_out_csv))).train
     model = get_task("tabular").build_model(held_out.x.shape[1:], 2, config)
