@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from common.config import Partition, RunConfig  # noqa: E402
 from common.data import Samples  # noqa: E402
 from common.partition import partition_indices  # noqa: E402
-from common.class_prior import adjust, per_class  # noqa: E402
+from common.class_prior import adjust, per_class, prior_of  # noqa: E402
 from common.tasks import get_task, load_data, resolve  # noqa: E402
 from common.tasks.sequence_rnn.dataset import AAMI_CLASSES, read_record  # noqa: E402
 from common.training import predict_proba, scores_of  # noqa: E402
@@ -84,14 +84,14 @@ def beats(records: tuple[str, ...], normal_per_record: int, seed: int) -> Sample
 
 
 def scores(model: torch.nn.Module, test: Samples, prior: np.ndarray | None = None,
-           tau: float = 1.0) -> dict[str, float | str]:
+           tau: float = 1.0, label: str = "") -> dict[str, float | str]:
     """DS2 scores of the model's decisions: argmax, or with `prior` the balanced rule on it at `tau`
     (common/class_prior.py); each class's recall (sensitivity) and positive predictivity."""
     proba = predict_proba(model, test.x, CPU)
     decided = adjust(proba, prior, tau) if prior is not None else proba
     result = scores_of(test.y, decided)
     both = per_class(test.y, decided)
-    return {"rule": "argmax" if prior is None else "balanced" if tau == 1 else f"balanced, tau {tau:g}",
+    return {"rule": label or ("argmax" if prior is None else "balanced" if tau == 1 else f"balanced, tau {tau:g}"),
             "accuracy": result["accuracy"], "macro_f1": result["macro-f1"], "auroc": result["auroc"],
             "always_N": float((test.y == 0).mean()),
             **{f"recall_{c}": r for c, r in zip(AAMI_CLASSES, both["recall"], strict=True)},
@@ -124,12 +124,16 @@ def federated(config: RunConfig) -> list[dict[str, float | str]]:
     model = get_task(config.task).build_model(data.input_shape, data.num_classes, config)
     model.load_state_dict(run.weights)
     section = run.card["final_metrics"].get("class_prior")
-    # argmax; the balanced rule at tau 1; and, where the task's tau differs, at its tau (same run)
-    rules = [(None, 1.0)] + ([(np.array(section["prior"]), t) for t in sorted({1.0, section["tau"]})]
-                             if section else [])
-    return [{**scores(model, data.test, prior, tau), "epsilon_spent": run.epsilon_max,
-             **({"prior": [round(p, 4) for p in section["prior"]]} if prior is not None else {})}
-            for prior, tau in rules]
+    # argmax; the balanced rule as it was until 2026-12-07 (tau 1.25, no floor for the classes the noise could
+    # hide); the task's tau without that floor; and the card's prior and tau, the rule the server decides by
+    rules: list[tuple[str, np.ndarray | None, float]] = [("argmax", None, 1.0)]
+    if section:
+        tau, unfloored = section["tau"], prior_of(np.array(section["summed"]), len(section["hospitals"]), 0.0)
+        rules += [(f"balanced, tau {t:g}, no floor", unfloored, t) for t in sorted({1.25, tau})]
+        rules.append((f"balanced, tau {tau:g}", np.array(section["prior"]), tau))
+    return [{**scores(model, data.test, prior, tau, label), "epsilon_spent": run.epsilon_max,
+             **({"prior": [round(p, 4) for p in prior]} if prior is not None else {})}
+            for label, prior, tau in rules]
 
 
 def main() -> None:
@@ -217,7 +221,9 @@ def main() -> None:
               "F1 0.159 / AUROC 0.605, FedAvg 0.606 / 0.234 / 0.626, centralised eps 3 0.572 / 0.188 / 0.508, "
               "FedAvg eps 3 0.790 / 0.226 / 0.639. rule: argmax, or (DP federated runs, balanced-decision=true) "
               "the balanced rule argmax_c log p_c - tau log prior_c (tau 1; 'balanced, tau X': the task's tau, "
-              "balanced-tau, since 2026-12-07) on the hospitals' summed DP class histograms "
+              "balanced-tau, since 2026-12-07) on the hospitals' summed DP class histograms, each class's share "
+              "at least 2 standard deviations of its summed noise over the total since 2026-12-07 ('no floor': "
+              "without that, as before) "
               "(common/class_prior.py; each hospital's histogram + N(0, 10^2) per class, charged in its "
               "epsilon), scored on the same run's model; ppv: positive predictivity. Since session 8 the model is torch's LSTM with fedward's "
               "per-sample gradients (before: Opacus's DPLSTM, same function and initialisation scheme, 6-9x "

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "balanced-decision=false)")
     sim.add_argument("--balanced-tau", type=float, default=0.0,
                      help="the balanced rule's tau, argmax log p - tau log prior (0, the default: the task's, "
-                          "sequence-rnn 1.25, otherwise 1)")
+                          "sequence-rnn 1.5, otherwise 1)")
     sim.add_argument("--no-prior-correction", action="store_true",
                      help="evaluate the global model as is, not adapted to each hospital's label prior")
     sim.add_argument("--test-fraction", type=float, default=0.25,

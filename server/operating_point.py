@@ -22,7 +22,9 @@ import torch
 from flwr.app import Message
 from torch import nn
 
-from common.class_prior import FLOOR, HISTOGRAM_NOISE, RULE, adjust, global_prior, per_class, trained_histogram
+from common.class_prior import (
+    FLOOR, HISTOGRAM_NOISE, RULE, UNCONFIRMED_SD, adjust, global_prior, per_class, summed_histogram, trained_histogram,
+)
 from common.data import Samples
 from common.metrics import at_cut, youden_cut
 from common.training import predict_proba, scores_of
@@ -85,9 +87,12 @@ def prior_section(
     prior = global_prior(list(priors.values()))
     section: dict[str, Any] = {
         "prior": [float(p) for p in prior], "hospitals": sorted(priors), "rule": RULE, "tau": tau,
+        "summed": [float(u) for u in summed_histogram(list(priors.values()))],
         "release": f"each hospital's training class histogram + N(0, {HISTOGRAM_NOISE:g}^2) per class, once per "
                    f"run, charged in its DP account; a hospital that trained class-weighted on it (sequence-rnn) "
-                   f"counts as its histogram times its training-weights; summed, each class at least {FLOOR:g}",
+                   f"counts as its histogram times its training-weights; summed (negative counts as 0), each "
+                   f"class's share at least {FLOOR:g} and at least {UNCONFIRMED_SD:g} standard deviations of its "
+                   f"summed noise over the total (a class the noise could hide is not boosted beyond that)",
     }
     if test is not None and len(test):
         proba = predict_proba(model, test.x, device)

@@ -61,11 +61,31 @@ def test_histogram_and_steps_together_spend_exactly_the_target(sample_rate: floa
 
 def test_the_balanced_rule_turns_the_skewed_prior_back():
     """A model that learned a 90/10 prior calls a 0.3 probability of the rare class rare."""
-    prior = global_prior([np.array([90.0, 10.0]), np.array([-3.0, 0.0])])
-    assert prior[1] == pytest.approx(10 / 97)
+    prior = global_prior([np.array([900.0, 100.0]), np.array([-30.0, 0.0])])
+    assert prior[1] == pytest.approx(100 / 970)
     proba = np.array([[0.7, 0.3], [0.95, 0.05]])
     assert adjust(proba, prior).argmax(axis=1).tolist() == [1, 0]
     assert global_prior([np.array([5.0, -20.0])])[1] > 0, "a noisy negative count gets the floor"
+
+
+def test_a_class_the_noise_could_hide_is_not_called_wherever_the_model_is_unsure():
+    """MIT-BIH's Q: 8 of ~11,700 training beats, released by 5 hospitals under noise 10 per class. Its summed
+    count is indistinguishable from 0, so its prior must not be: the rule (tau 1.5, the ECG default) divides
+    by it, and a model that never learned the class (p_Q ~ 0.001 on every beat) would be told to call Q on
+    beats it is not sure of. A class the release confirms (S, ~900 units) is still boosted."""
+    rng = np.random.default_rng(0)
+    true = np.array([6600.0, 944.0, 3788.0, 414.0, 8.0]) / 5
+    histograms = [true + rng.normal(0.0, HISTOGRAM_NOISE, 5) for _ in range(5)]
+    prior = global_prior(histograms)
+    hidden = 2.0 * HISTOGRAM_NOISE * np.sqrt(5) / float(np.clip(np.sum(histograms, axis=0), 0, None).sum())
+    assert prior[4] >= hidden * 0.99, "Q gets at least the share the noise could hide"
+    unsure = np.array([[0.55, 0.30, 0.10, 0.049, 0.001],   # a normal beat the model half-doubts
+                       [0.40, 0.10, 0.45, 0.049, 0.001]])  # N or V
+    assert 4 not in adjust(unsure, prior, 1.5).argmax(axis=1), "no Q call the model does not support"
+    s_beat = np.array([[0.75, 0.2, 0.03, 0.019, 0.001]])
+    assert adjust(s_beat, prior, 1.5).argmax(axis=1).tolist() == [1], "the confirmed rare class S is still boosted"
+    assert prior[1] == pytest.approx(np.clip(np.sum(histograms, axis=0), 0, None)[1]
+                                     / np.clip(np.sum(histograms, axis=0), 0, None).sum(), rel=0.02)
 
 
 @settings(max_examples=200, deadline=None)

@@ -85,7 +85,7 @@ def test_task_defaults_without_dp_give_image_cnn_fedavgm_without_class_weights_a
     assert resolve(RunConfig(task="image-cnn", dp=True)).server_momentum == 0.0
     assert resolve(RunConfig(task="sequence-rnn", dp=True)).server_momentum == 0.5
     assert resolve(RunConfig(task="sequence-rnn", dp=False)).server_momentum == 0.0
-    assert resolve(RunConfig(task="sequence-rnn")).balanced_tau == 1.25  # the balanced rule's tau
+    assert resolve(RunConfig(task="sequence-rnn")).balanced_tau == 1.5  # the balanced rule's tau
     assert resolve(RunConfig(task="tabular")).balanced_tau == 1.0
     assert resolve(RunConfig(task="sequence-rnn", balanced_tau=1.0)).balanced_tau == 1.0
     assert resolve(RunConfig(task="sequence-rnn", dp=False)).balanced_tau == 0  # no rule: nothing to fill in

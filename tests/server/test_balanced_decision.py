@@ -13,7 +13,7 @@ from sklearn.datasets import load_breast_cancer
 import torch
 
 from client.app import app
-from common.class_prior import adjust, per_class
+from common.class_prior import adjust, per_class, prior_of
 from common.config import RunConfig
 from common.tasks import get_task, load_data
 from common.tasks.tabular.scaling import published_ranges, range_scale
@@ -52,6 +52,8 @@ def test_a_dp_run_decides_by_the_noisy_prior_and_finds_more_of_the_rare_class(tm
     assert len(section["hospitals"]) == 2 and section["rule"].startswith("post-hoc logit adjustment")
     assert section["tau"] == 1.0, "tabular's tau: the Bayes rule for the balanced error"
     prior = np.array(section["prior"])
+    # the card holds what a reader needs to rebuild the prior: the summed noisy histogram, floored by its noise
+    assert np.allclose(prior, prior_of(np.array(section["summed"]), len(section["hospitals"])))
     held_out = load_data(RunConfig(task="tabular", data_path=str(held_out_csv))).train
     model = get_task("tabular").build_model(held_out.x.shape[1:], 2, config)
     model.load_state_dict(torch.load(out / "final_model.pt", map_location="cpu"))
