@@ -605,8 +605,25 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _glued(argv: list[str]) -> list[str]:
+    """`--flag -inf` as `--flag=-inf`: argparse reads a value such as -inf, -nan or -1e-3 as an unknown flag
+    ("expected one argument"), so the setting's own check, which names the setting, never saw it."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and token.startswith("-"):
+            try:
+                float(token)
+            except ValueError:
+                pass
+            else:
+                out[-1] = f"{out[-1]}={token}"
+                continue
+        out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_glued(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "simulate":
             return simulate(args)

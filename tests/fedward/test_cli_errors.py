@@ -33,6 +33,9 @@ def run(capsys, *args: str) -> tuple[int, str]:
         (["--test-fraction", "2"], "--test-fraction 2.0 must be in (0, 1)"),
         (["--class-weighting", "true", "--no-class-weighting"], "--no-class-weighting contradicts --class-weighting true"),
         (["--balanced-tau", "inf"], "--balanced-tau inf must be a finite number > 0 (or 0 for the task's default)"),
+        # a value argparse alone would read as an unknown flag ("expected one argument")
+        (["--balanced-tau", "-inf"], "--balanced-tau -inf must be a finite number > 0 (or 0 for the task's default)"),
+        (["--epsilon", "-1e-3"], "--epsilon -0.001 must be > 0"),
         (["--balanced-tau", "2", "--no-dp"], "--balanced-tau 2.0 is the balanced rule's tau, which applies only under DP"),
         (["--balanced-tau", "2", "--no-balanced-decision"], "this run has --no-balanced-decision: leave it out"),
     ],
