@@ -149,6 +149,9 @@ def main() -> None:
     parser.add_argument("--section", default="",
                         help="write the table under '## MIT-BIH inter-patient (DS1 train, DS2 test)<, SECTION>' "
                              "instead of replacing the main table (a partial rerun keeps the published one)")
+    parser.add_argument("--write-npz", type=Path, default=None, metavar="PATH",
+                        help="write the beat-level data set (DS1 to train, sites by patient; DS2 as its test split) "
+                             "to PATH for `fedward simulate --data PATH --partition natural`, and exit")
     args = parser.parse_args()
     args.rounds = args.rounds or get_task("sequence-rnn").default_rounds
     data_seed = args.seeds[0]
@@ -156,6 +159,11 @@ def main() -> None:
         sys.exit(f"{DATA} holds no MIT-BIH records: set FEDWARD_DATA_DIR to the folder holding mitbih_arrhythmia/")
     train = beats(DS1, args.normal_per_record, data_seed)
     test = beats(DS2, 0, data_seed)
+    if args.write_npz:  # beat-level DP (no `patients`): per patient MIT-BIH is far too small for DP-SGD
+        np.savez(args.write_npz, x=train.x, y=train.y, groups=train.groups.astype(str), x_test=test.x, y_test=test.y)
+        print(f"wrote {args.write_npz}: {len(train.y)} DS1 beats of {len(set(train.groups))} patients to train, "
+              f"{len(test.y)} DS2 beats to test")
+        return
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mitbih_ds1_ds2.npz"

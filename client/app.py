@@ -97,7 +97,7 @@ def _account(
     delta = privacy.delta_for(plan.units, config.delta, plan.unit)
     line = DatasetLine(privacy.dataset_name or hospital.name, hospital.fingerprint, privacy.budget, delta, plan.unit)
     run_id = str(content["config"].get("fedward-run-id", f"flwr-{flwr_run_id}"))
-    releases_prior = config.balanced_decision and get_task(config.task).classifier and not config.secure_aggregation
+    releases_prior = config.balanced_rule and get_task(config.task).classifier
     account = RunAccount(context, config, privacy, line, run_id, plan, str(flwr_run_id), releases_prior,
                          balanced_training=get_task(config.task).balanced_training)
     if account.first_round:

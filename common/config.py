@@ -156,9 +156,15 @@ class RunConfig:
             out[f.name.replace("_", "-")] = getattr(self, f.name)
         return out
 
+    @property
+    def balanced_rule(self) -> bool:
+        """Whether the server can decide by the balanced rule: under DP with balanced-decision=true, where the
+        hospitals release their noisy class histograms (a SecAgg+ run releases none: the server sees only sums)."""
+        return self.dp and self.balanced_decision and not self.secure_aggregation
+
     def replace(self, **changes: Any) -> RunConfig:
         config = dataclasses.replace(self, **changes)
-        if "balanced_tau" not in changes and not (config.dp and config.balanced_decision):
+        if "balanced_tau" not in changes and not config.balanced_rule:
             config = dataclasses.replace(config, balanced_tau=0.0)  # a derived run without the rule (no DP)
         config.validate()
         return config
@@ -211,11 +217,12 @@ class RunConfig:
             raise ConfigError(
                 f"balanced-tau={self.balanced_tau} must be a finite number > 0 (or 0 for the task's default)"
             )
-        if self.balanced_tau and not (self.dp and self.balanced_decision):
+        if self.balanced_tau and not self.balanced_rule:
+            why = ("no DP" if not self.dp else "balanced-decision=false" if not self.balanced_decision
+                   else "secure-aggregation=true, where no hospital releases its class histogram")
             raise ConfigError(
                 f"balanced-tau={self.balanced_tau} is the balanced rule's tau, which applies only under DP with "
-                f"balanced-decision=true; this run has {'no DP' if not self.dp else 'balanced-decision=false'}: "
-                f"leave it out"
+                f"balanced-decision=true and without secure aggregation; this run has {why}: leave it out"
             )
         if self.server_momentum != -1 and not 0 <= self.server_momentum < 1:
             raise ConfigError(

@@ -70,7 +70,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     fused = config.fused_rounds and not config.secure_aggregation
     benefit: dict[str, dict] = {}  # hospital -> the benefit row it chose to share (share-benefit=true)
     # hospital -> its noisy class histogram (DP runs of classifiers, balanced-decision=true)
-    priors: dict[str, np.ndarray] | None = {} if config.dp and config.balanced_decision and task.classifier else None
+    priors: dict[str, np.ndarray] | None = {} if config.balanced_rule and task.classifier else None
     for server_round in range(state.completed_round + 1, config.num_server_rounds + 1):
         evaluate_first = fused and server_round > 1  # round 0's model (the initial one) is not evaluated
         arrays = _phase(grid, config, strategy, recorder, server_round, arrays, sent, True, evaluate_first,
@@ -107,7 +107,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     elif priors:
         extra["class_prior"] = prior_section(model, priors, central.test if central is not None else None, device,
                                              config.balanced_tau)
-    elif priors is not None and not config.secure_aggregation:
+    elif priors is not None:
         print("no hospital released its class histogram (an epsilon too small for it, see the hospitals' logs): "
               "decisions by argmax", flush=True)
     card = model_card(config, recorder.rows, recorder.rejections, extra, data.source if data else config.data_path)

@@ -89,6 +89,7 @@ def test_task_defaults_without_dp_give_image_cnn_fedavgm_without_class_weights_a
     assert resolve(RunConfig(task="tabular")).balanced_tau == 1.0
     assert resolve(RunConfig(task="sequence-rnn", balanced_tau=1.0)).balanced_tau == 1.0
     assert resolve(RunConfig(task="sequence-rnn", dp=False)).balanced_tau == 0  # no rule: nothing to fill in
+    assert resolve(RunConfig(task="sequence-rnn", secure_aggregation=True)).balanced_tau == 0  # no release, no rule
     assert resolve(RunConfig(task="image-cnn", dp=False, strategy="fedprox")).server_momentum == 0.0
     assert resolve(RunConfig(task="image-cnn", dp=False, central_dp_noise=1.0)).server_momentum == 0.0
     explicit = resolve(RunConfig(task="image-cnn", dp=False, class_weighting="true", server_momentum=0.0))

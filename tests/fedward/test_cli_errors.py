@@ -38,6 +38,8 @@ def run(capsys, *args: str) -> tuple[int, str]:
         (["--epsilon", "-1e-3"], "--epsilon -0.001 must be > 0"),
         (["--balanced-tau", "2", "--no-dp"], "--balanced-tau 2.0 is the balanced rule's tau, which applies only under DP"),
         (["--balanced-tau", "2", "--no-balanced-decision"], "this run has --no-balanced-decision: leave it out"),
+        (["--balanced-tau", "2", "--secure-aggregation"],  # SecAgg+: no class histogram is released
+         "this run has --secure-aggregation, where no hospital releases its class histogram: leave it out"),
     ],
 )
 def test_bad_settings(capsys, args, message):
