@@ -46,6 +46,7 @@ from report import write_section  # noqa: E402
 FOLDS, HOSPITALS = 4, 4
 TAUS: list[float] = []  # --taus: the balanced rule with log prior scaled by tau, scored post hoc
 SDS: list[float] = []  # --unconfirmed-sds: the rule at the task's tau on the prior floored at k sd of its noise
+CAPPED: list[bool] = []  # --cap-floored: also score each floor with tau at most 1 on the classes at the floor
 SETTINGS = {"batch": "batch_size", "lr": "lr", "rounds": "num_server_rounds", "epochs": "local_epochs",
             "clip": "max_grad_norm", "momentum": "server_momentum", "schedule": "lr_schedule",
             "model": "model"}
@@ -74,7 +75,7 @@ def cross_validated(config: str, seed: int) -> dict[str, object]:
     np.random.default_rng(0).shuffle(records)
     folds = np.array_split(records, FOLDS)
     scored = {"argmax": np.zeros((len(train.y), 5)), "balanced": np.zeros((len(train.y), 5))}
-    for name in [f"tau{tau:g}" for tau in TAUS] + [f"sd{k:g}" for k in SDS]:
+    for name in [f"tau{tau:g}" for tau in TAUS] + [f"sd{k:g}" for k in SDS] + [f"sd{k:g}cap" for k in SDS if CAPPED]:
         scored[name] = np.zeros((len(train.y), 5))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,6 +101,14 @@ def cross_validated(config: str, seed: int) -> dict[str, object]:
             for k in SDS:  # the run's summed histogram, each class floored at k sd of its summed noise, same run
                 prior = prior_of(np.array(section["summed"]), len(section["hospitals"]), k) if section else None
                 scored[f"sd{k:g}"][held] = adjust(proba, prior, run_config.balanced_tau) if section else proba
+                if CAPPED and section:  # classes whose noisy share is under the floor: tau <= 1 (no extrapolation)
+                    summed = np.array(section["summed"])
+                    raw = summed / summed.sum()
+                    floor = k * 10.0 * np.sqrt(len(section["hospitals"])) / summed.sum()
+                    taus = np.where(raw < max(floor, 1e-3), min(run_config.balanced_tau, 1.0), run_config.balanced_tau)
+                    scored[f"sd{k:g}cap"][held] = adjust(proba, prior, taus)
+                elif CAPPED:
+                    scored[f"sd{k:g}cap"][held] = proba
     row: dict[str, object] = {"config": config or "defaults", "seed": seed, "seconds": time.perf_counter() - start,
                               "batch": run_config.batch_size, "lr": run_config.lr,
                               "rounds": run_config.num_server_rounds, "balanced_training": balanced}
@@ -122,6 +131,8 @@ def main() -> None:
     parser.add_argument("--unconfirmed-sds", type=float, nargs="*", default=[],
                         help="also score the rule at the task's tau on the run's summed histogram with each class's "
                              "share floored at k standard deviations of its summed noise (same runs)")
+    parser.add_argument("--cap-floored", action="store_true",
+                        help="with --unconfirmed-sds, also score each floor with tau at most 1 on the floored classes")
     parser.add_argument("--section", default=None,
                         help="the docs/benchmarks.md section to write (a new title keeps the earlier table); default: "
                              "'MIT-BIH: DP settings chosen on DS1 validation patients', with --taus 'MIT-BIH: the "
@@ -129,6 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     TAUS.extend(args.taus)
     SDS.extend(args.unconfirmed_sds)
+    CAPPED.extend([True] if args.cap_floored else [])
     args.section = args.section or ("MIT-BIH: the balanced rule's tau on DS1 validation patients" if TAUS
                                     else "MIT-BIH: the prior's floor for unconfirmed classes on DS1 validation "
                                          "patients" if SDS else "MIT-BIH: DP settings chosen on DS1 validation patients")
@@ -166,7 +178,8 @@ def write_rule_section(section: str, rows: list[dict[str, object]]) -> None:
     S and V recall."""
     table = []
     rules = ([("argmax", "argmax")] + [(f"tau{t:g}", f"tau {t:g}") for t in sorted(TAUS)]
-             + [(f"sd{k:g}", f"task's tau, floor {k:g} sd") for k in sorted(SDS)])
+             + [(f"sd{k:g}", f"task's tau, floor {k:g} sd") for k in sorted(SDS)]
+             + [(f"sd{k:g}cap", f"task's tau, floor {k:g} sd, tau <= 1 on floored classes") for k in sorted(SDS) if CAPPED])
     for rule, label in rules:
         def of(key: str) -> list[float]:
             return [float(r[f"{rule}_{key}"]) for r in rows]  # type: ignore[arg-type]
