@@ -87,10 +87,11 @@ def run(name: str, hospitals: int, rounds: int, local_epochs: int, epsilon: floa
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Mean (and the ratio's spread) over one data set's and epsilon's seeds."""
+    """Mean (and the ratio's spread) over the seeds of one data set, epsilon, lr, rounds and local epochs."""
     ratios = [r["ratio"] for r in rows]
     return {"data": rows[0]["data"], "seed": f"mean of {len(rows)}", "epsilon": rows[0]["epsilon"],
-            "lr": rows[0].get("lr"),
+            "lr": rows[0].get("lr"), "rounds": rows[0].get("rounds"), "local_epochs": rows[0].get("local_epochs"),
+            "scored_on": rows[0].get("scored_on"), "majority": statistics.mean(r["majority"] for r in rows),
             **{k: statistics.mean(r[k] for r in rows) for k in ("tstr", "trtr", "ratio", "fd", "fd_real", "fd_ratio")},
             "ratio_sd": statistics.stdev(ratios) if len(ratios) > 1 else float("nan")}
 
@@ -125,9 +126,12 @@ def main() -> None:
                                                     args.score_on, args.lr)}
                     print(json.dumps({"measure": "gan_tstr", **row}), flush=True)
                     rows.append(row)
+    def key_of(r: dict) -> tuple:
+        return r["data"], r["epsilon"], r.get("lr"), r.get("rounds"), r.get("local_epochs"), r.get("scored_on")
+
     table = []
-    for key in dict.fromkeys((r["data"], r["epsilon"], r.get("lr")) for r in rows):
-        group = [r for r in rows if (r["data"], r["epsilon"], r.get("lr")) == key]
+    for key in dict.fromkeys(key_of(r) for r in sorted(rows, key=lambda r: (r.get("rounds") or 0, r["seed"]))):
+        group = sorted((r for r in rows if key_of(r) == key), key=lambda r: r["seed"])
         summary = summarise(group)
         print(json.dumps({"measure": "gan_tstr_summary", **summary}), flush=True)
         table.extend([*group, summary])

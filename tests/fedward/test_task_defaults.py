@@ -43,6 +43,16 @@ def test_image_cnn_without_tuning_flags_runs_the_image_recipe(data_dir: Path):
     assert config.lr_schedule == "cosine", "under DP image-cnn's lr falls over the rounds"
 
 
+def test_image_gan_without_tuning_flags_trains_the_rounds_chosen_on_validation(data_dir: Path):
+    """3 rounds (the old default) gave synthetic images that taught a classifier nothing (train-on-synthetic
+    accuracy = the majority share); 20 won on the validation split (docs/benchmarks.md)."""
+    config = cli_config("--task", "image-gan", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),
+                        "--hospitals", "5", "--epsilon", "10")
+    assert config.num_server_rounds == 20 and config.lr == 2e-4
+    assert cli_config("--task", "image-gan", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),
+                      "--rounds", "2").num_server_rounds == 2, "an explicit flag wins"
+
+
 def test_image_cnn_without_dp_runs_its_no_dp_recipe(data_dir: Path):
     """Without DP the scatter head trains at lr 0.003 with no class weights, and the server adds
     momentum 0.7 to FedAvg (BloodMNIST validation: FedAvg 0.849 against 0.797 at the previous lr 0.001
