@@ -122,7 +122,8 @@ def _card_config(config: RunConfig) -> dict[str, Any]:
     """The run's settings as run, without the DP ones in a run without DP (they did not apply)."""
     mapping = config.to_mapping()
     if config.dp:
-        return mapping if config.balanced_rule else {k: v for k, v in mapping.items() if k != "balanced-tau"}
+        # balanced-tau stays 0 where the rule cannot apply (no release, or a task that makes no class decisions)
+        return mapping if config.balanced_tau else {k: v for k, v in mapping.items() if k != "balanced-tau"}
     return {key: value for key, value in mapping.items() if key not in DP_ONLY_SETTINGS}
 
 

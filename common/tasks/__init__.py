@@ -53,7 +53,10 @@ def resolve(config: RunConfig) -> RunConfig:
         unset["lr_schedule"] = task.dp_lr_schedule if config.dp else task.lr_schedule
     if config.min_local_steps == -1:
         unset["min_local_steps"] = 0 if config.dp else task.min_local_steps
-    if config.balanced_tau == 0 and config.balanced_rule:  # else the rule never applies
+    if config.balanced_tau and not task.classifier:
+        raise ConfigError(f"balanced-tau={config.balanced_tau} is the balanced decision rule's tau; task {task.name} "
+                          f"makes no class decisions: leave it out")
+    if config.balanced_tau == 0 and config.balanced_rule and task.classifier:  # else the rule never applies
         unset["balanced_tau"] = task.balanced_tau
     if config.server_momentum == -1:  # FedAvgM only on a plain FedAvg mean (central DP noises that one)
         plain = config.strategy != "fedavg" or config.central_dp_noise > 0

@@ -47,6 +47,14 @@ def test_bad_settings(capsys, args, message):
     assert code == 2 and message in err, err
 
 
+def test_balanced_tau_on_a_task_without_class_decisions_is_refused(capsys, data_dir: Path, tmp_path: Path):
+    """The GAN decides no classes: a tau for it would be recorded in the card and change nothing."""
+    code, err = run(capsys, "--task", "image-gan", "--data", str(data_dir / "medmnist" / "pneumoniamnist.npz"),
+                    "--balanced-tau", "2", "--out", str(tmp_path / "run"))
+    assert code == 2 and "--balanced-tau 2.0 is the balanced decision rule's tau; task image-gan makes no class" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_data_path_is_named(capsys, tmp_path: Path):
     code, err = run(capsys, "--task", "image-cnn", "--data", str(tmp_path / "xrays"))
     assert code == 2 and f"{tmp_path / 'xrays'} does not exist" in err
