@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common.tasks.sequence_rnn as sequence  # noqa: E402
-from common.class_prior import adjust, prior_of  # noqa: E402
+from common.class_prior import adjust, prior_of, share_floor  # noqa: E402
 from common.config import RunConfig  # noqa: E402
 from common.metrics import classification_metrics  # noqa: E402
 from common.tasks import get_task, resolve  # noqa: E402
@@ -46,7 +46,7 @@ from report import write_section  # noqa: E402
 FOLDS, HOSPITALS = 4, 4
 TAUS: list[float] = []  # --taus: the balanced rule with log prior scaled by tau, scored post hoc
 SDS: list[float] = []  # --unconfirmed-sds: the rule at the task's tau on the prior floored at k sd of its noise
-CAPPED: list[bool] = []  # --cap-floored: also score each floor with tau at most 1 on the classes at the floor
+CAPPED = False  # --cap-floored: also score each floor with tau at most 1 on the classes at the floor
 SETTINGS = {"batch": "batch_size", "lr": "lr", "rounds": "num_server_rounds", "epochs": "local_epochs",
             "clip": "max_grad_norm", "momentum": "server_momentum", "schedule": "lr_schedule",
             "model": "model"}
@@ -65,6 +65,15 @@ def parse(config: str) -> tuple[dict[str, float], bool]:
         else:
             sys.exit(f"unknown setting {key!r} in config {config!r}; use {', '.join(SETTINGS)} or balanced")
     return changes, balanced
+
+
+def capped(proba: np.ndarray, section: dict | None, k: float, tau: float) -> np.ndarray:
+    """The rule on the prior floored at k sd, with tau at most 1 on the classes at that floor."""
+    if not section:
+        return proba
+    summed, hospitals = np.array(section["summed"]), len(section["hospitals"])
+    floored = summed / summed.sum() < share_floor(summed.sum(), hospitals, k)
+    return adjust(proba, prior_of(summed, hospitals, k), np.where(floored, min(tau, 1.0), tau))
 
 
 def cross_validated(config: str, seed: int) -> dict[str, object]:
@@ -101,14 +110,8 @@ def cross_validated(config: str, seed: int) -> dict[str, object]:
             for k in SDS:  # the run's summed histogram, each class floored at k sd of its summed noise, same run
                 prior = prior_of(np.array(section["summed"]), len(section["hospitals"]), k) if section else None
                 scored[f"sd{k:g}"][held] = adjust(proba, prior, run_config.balanced_tau) if section else proba
-                if CAPPED and section:  # classes whose noisy share is under the floor: tau <= 1 (no extrapolation)
-                    summed = np.array(section["summed"])
-                    raw = summed / summed.sum()
-                    floor = k * 10.0 * np.sqrt(len(section["hospitals"])) / summed.sum()
-                    taus = np.where(raw < max(floor, 1e-3), min(run_config.balanced_tau, 1.0), run_config.balanced_tau)
-                    scored[f"sd{k:g}cap"][held] = adjust(proba, prior, taus)
-                elif CAPPED:
-                    scored[f"sd{k:g}cap"][held] = proba
+                if CAPPED:  # classes whose noisy share is under the floor: tau <= 1 (no extrapolation)
+                    scored[f"sd{k:g}cap"][held] = capped(proba, section, k, run_config.balanced_tau)
     row: dict[str, object] = {"config": config or "defaults", "seed": seed, "seconds": time.perf_counter() - start,
                               "batch": run_config.batch_size, "lr": run_config.lr,
                               "rounds": run_config.num_server_rounds, "balanced_training": balanced}
@@ -140,7 +143,8 @@ def main() -> None:
     args = parser.parse_args()
     TAUS.extend(args.taus)
     SDS.extend(args.unconfirmed_sds)
-    CAPPED.extend([True] if args.cap_floored else [])
+    global CAPPED
+    CAPPED = args.cap_floored
     args.section = args.section or ("MIT-BIH: the balanced rule's tau on DS1 validation patients" if TAUS
                                     else "MIT-BIH: the prior's floor for unconfirmed classes on DS1 validation "
                                          "patients" if SDS else "MIT-BIH: DP settings chosen on DS1 validation patients")

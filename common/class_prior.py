@@ -94,6 +94,12 @@ def summed_histogram(histograms: list[np.ndarray]) -> np.ndarray:
     return np.clip(np.sum(np.asarray(histograms, dtype=np.float64), axis=0), 0.0, None)
 
 
+def share_floor(total: float, hospitals: int, unconfirmed_sd: float = UNCONFIRMED_SD) -> float:
+    """The smallest share `prior_of` gives a class: FLOOR, or the share `unconfirmed_sd` standard deviations
+    of a class's summed noise (HISTOGRAM_NOISE x sqrt(hospitals)) hold of `total`, whichever is larger."""
+    return max(FLOOR, unconfirmed_sd * HISTOGRAM_NOISE * math.sqrt(max(hospitals, 1)) / total)
+
+
 def prior_of(summed: np.ndarray, hospitals: int, unconfirmed_sd: float = UNCONFIRMED_SD) -> np.ndarray:
     """The normalised prior of a summed histogram of `hospitals` releases: each class's share at least
     FLOOR and at least `unconfirmed_sd` x HISTOGRAM_NOISE x sqrt(hospitals) / the total (a class whose count
@@ -102,8 +108,7 @@ def prior_of(summed: np.ndarray, hospitals: int, unconfirmed_sd: float = UNCONFI
     total = summed.sum()
     if total <= 0:
         return np.full(len(summed), 1.0 / len(summed))
-    floor = max(FLOOR, unconfirmed_sd * HISTOGRAM_NOISE * math.sqrt(max(hospitals, 1)) / total)
-    prior = np.clip(summed / total, floor, None)
+    prior = np.clip(summed / total, share_floor(total, hospitals, unconfirmed_sd), None)
     return prior / prior.sum()
 
 
